@@ -1,0 +1,33 @@
+"""Shared fixtures. The repository root is put on ``sys.path`` so tests import ``common``, ``irn``
+and ``glow`` as a user running from a checkout would."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def double():
+    """Run a test with float64 as torch's default dtype (layer maths is checked in float64)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
