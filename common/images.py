@@ -1,0 +1,249 @@
+"""Image I/O at the project boundary (SPEC section 4; CONVENTIONS.md: RGB inside, convert at I/O).
+
+Everything inside the project is RGB. Files are read with OpenCV (``IMREAD_UNCHANGED``, as the
+authors' data loader, so 16-bit files keep their precision and no EXIF rotation is applied) and
+converted BGR -> RGB here; writing converts back. Loaded images are float32 ``[H, W, 3]`` in
+[0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from common.metrics import quantize_to_uint8
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "load_image",
+    "load_image_tensor",
+    "save_image",
+    "list_images",
+    "jpeg_roundtrip",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+PathLike = str | os.PathLike
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image; the message names the file and what was expected."""
+
+
+_EXPECTED = "an 8/16-bit PNG, JPEG, BMP, TIFF or WEBP image (gray, RGB or RGBA)"
+
+
+def load_image(path: PathLike) -> np.ndarray:
+    """Read an image file as float32 RGB ``[H, W, 3]`` in [0, 1].
+
+    - uint8 files are divided by 255, uint16 files by 65535 (16-bit precision is kept exactly:
+      float32 represents every ``k / 65535``); float TIFFs are returned as stored (assumed [0, 1]).
+    - grayscale is replicated to 3 channels; palette images are expanded to their colours;
+      an alpha channel is dropped with a ``UserWarning`` naming the file (no compositing).
+
+    Raises:
+        ImageReadError: missing, unreadable, empty, corrupt or unsupported file.
+    """
+    path = Path(path)
+    try:
+        # fromfile + imdecode (rather than imread) also handles non-ASCII paths on Windows.
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image file '{path}': {exc.strerror or exc}") from exc
+    if data.size == 0:
+        raise ImageReadError(f"image file '{path}' is empty; expected {_EXPECTED}")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ImageReadError(f"could not decode '{path}' ({exc}); expected {_EXPECTED}") from exc
+    if img is None:
+        raise ImageReadError(f"could not decode '{path}': corrupt or not {_EXPECTED}")
+
+    if img.dtype == np.uint8:
+        out = img.astype(np.float32) / np.float32(255.0)
+    elif img.dtype == np.uint16:
+        out = img.astype(np.float32) / np.float32(65535.0)
+    elif img.dtype in (np.float32, np.float64):
+        out = img.astype(np.float32)
+    else:
+        raise ImageReadError(
+            f"'{path}' has unsupported sample type {img.dtype}; expected {_EXPECTED}"
+        )
+
+    if out.ndim == 3 and out.shape[2] == 1:
+        out = out[:, :, 0]
+    if out.ndim == 2:
+        return np.repeat(out[:, :, None], 3, axis=2)
+    if out.ndim != 3 or out.shape[2] not in (2, 3, 4):
+        raise ImageReadError(f"'{path}' has unsupported shape {img.shape}; expected {_EXPECTED}")
+    channels = out.shape[2]
+    if channels in (2, 4):
+        warnings.warn(f"dropping the alpha channel of '{path}'", UserWarning, stacklevel=2)
+    if channels == 2:  # gray + alpha
+        return np.repeat(out[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(out[:, :, 2::-1])  # BGR(A) -> RGB
+
+
+def load_image_tensor(path: PathLike) -> torch.Tensor:
+    """``load_image`` as a float32 tensor ``[3, H, W]`` in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(load_image(path).transpose(2, 0, 1)))
+
+
+def _to_uint8_hwc(img: np.ndarray | torch.Tensor) -> np.ndarray:
+    """RGB/gray float [0, 1] or uint8 (numpy HWC/HW, torch CHW) -> uint8 numpy HWC/HW."""
+    if isinstance(img, torch.Tensor):
+        if img.ndim == 3:
+            img = img.permute(1, 2, 0)
+        elif img.ndim != 2:
+            raise ValueError(f"expected a torch image [C, H, W] or [H, W], got {tuple(img.shape)}")
+        img = img.detach().cpu().numpy()
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f"expected a numpy array or torch tensor, got {type(img)}")
+    if img.dtype == np.uint8:
+        arr = img
+    elif np.issubdtype(img.dtype, np.floating):
+        if not np.isfinite(img).all():
+            raise ValueError("image contains NaN or infinite values")
+        arr = quantize_to_uint8(img)
+    else:
+        raise ValueError(f"expected a float image in [0, 1] or uint8, got dtype {img.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3):
+        return arr
+    raise ValueError(f"expected an RGB [H, W, 3] or gray [H, W] image, got shape {arr.shape}")
+
+
+def _rgb_to_bgr(arr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(arr[:, :, ::-1]) if arr.ndim == 3 else arr
+
+
+def _encode(arr_bgr: np.ndarray, ext: str, quality: int) -> bytes:
+    ext = ext.lower()
+    if ext in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    elif ext == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, quality]
+    elif ext in IMAGE_EXTENSIONS:
+        params = []
+    else:
+        raise ValueError(f"unsupported image extension '{ext}'; use one of {IMAGE_EXTENSIONS}")
+    ok, buf = cv2.imencode(ext, arr_bgr, params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {arr_bgr.shape} image as '{ext}'")
+    return buf.tobytes()
+
+
+def _check_quality(quality: int) -> int:
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
+        raise ValueError(f"quality must be an int in [0, 100], got {quality!r}")
+    if not 0 <= quality <= 100:
+        raise ValueError(f"quality must be in [0, 100], got {quality}")
+    return int(quality)
+
+
+def save_image(path: PathLike, img: np.ndarray | torch.Tensor, quality: int = 95) -> Path:
+    """Write an 8-bit image; the format follows the extension (PNG, JPEG with ``quality``, ...).
+
+    ``img`` is RGB ``[H, W, 3]`` or gray ``[H, W]`` (numpy), or ``[C, H, W]`` (torch), either
+    float in [0, 1] (quantised as ``quantize_to_uint8``: ``round(clamp(v, 0, 1) * 255)``) or uint8.
+    Parent directories are created; the file is written to a temporary name in the same
+    directory and moved into place with ``os.replace``, so readers never see a partial file.
+    Returns the path written.
+    """
+    path = Path(path)
+    quality = _check_quality(quality)
+    data = _encode(_rgb_to_bgr(_to_uint8_hwc(img)), path.suffix, quality)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # os.open with 0o666 so the final file gets the usual umask-derived permissions.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def list_images(root: PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """All image files under ``root`` (recursive), sorted, matched by extension case-insensitively.
+
+    Symlinked directories are followed (datasets are often linked in), each real directory once.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: ``root`` is missing or not a directory.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder '{root}' does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"'{root}' is not a folder")
+    exts = tuple(e.lower() for e in extensions)
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # symlink cycle or a folder linked twice
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        found.extend(Path(dirpath) / f for f in filenames if f.lower().endswith(exts))
+    return sorted(found)
+
+
+def _jpeg_uint8(arr: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 RGB HWC (or gray HW) -> JPEG bytes in memory -> uint8 of the same shape."""
+    ok, buf = cv2.imencode(".jpg", _rgb_to_bgr(arr), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"OpenCV could not JPEG-encode an image of shape {arr.shape}")
+    dec = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE if arr.ndim == 2 else cv2.IMREAD_COLOR)
+    return _rgb_to_bgr(dec)
+
+
+def jpeg_roundtrip(img: np.ndarray | torch.Tensor, quality: int) -> np.ndarray | torch.Tensor:
+    """JPEG-compress and decompress in memory with OpenCV at ``quality`` (SPEC section 6, IRN-C).
+
+    Accepts numpy RGB ``[H, W, 3]`` / gray ``[H, W]`` (uint8, or float in [0, 1]) and torch float
+    ``[3, H, W]`` / ``[B, 3, H, W]`` in [0, 1]. Float inputs are quantised like
+    ``quantize_to_uint8`` first and returned as ``decoded / 255`` in the input dtype (and device);
+    uint8 stays uint8. OpenCV's default 4:2:0 chroma subsampling is used. The result carries no
+    gradient: for JPEG in the training loop use a
+    straight-through estimator, ``y + (jpeg_roundtrip(y, q) - y).detach()``.
+    """
+    quality = _check_quality(quality)
+    if isinstance(img, torch.Tensor):
+        if not img.is_floating_point():
+            raise ValueError(f"expected a float tensor in [0, 1], got {img.dtype}")
+        if img.ndim not in (3, 4) or img.shape[-3] != 3:
+            raise ValueError(
+                f"expected a tensor [3, H, W] or [B, 3, H, W], got {tuple(img.shape)}"
+            )
+        batch = img.detach().reshape(-1, *img.shape[-3:])
+        q = quantize_to_uint8(batch).permute(0, 2, 3, 1).cpu().numpy()
+        dec = np.stack([_jpeg_uint8(q[i], quality) for i in range(q.shape[0])])
+        out = torch.from_numpy(dec).permute(0, 3, 1, 2).to(device=img.device, dtype=img.dtype)
+        return (out / 255.0).reshape(img.shape)
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f"expected a numpy array or torch tensor, got {type(img)}")
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+        raise ValueError(f"expected an RGB [H, W, 3] or gray [H, W] image, got shape {img.shape}")
+    if img.dtype == np.uint8:
+        return _jpeg_uint8(img, quality)
+    if not np.issubdtype(img.dtype, np.floating):
+        raise ValueError(f"expected a float image in [0, 1] or uint8, got dtype {img.dtype}")
+    dec = _jpeg_uint8(quantize_to_uint8(img), quality)
+    return (dec.astype(img.dtype) / img.dtype.type(255.0)).astype(img.dtype)
