@@ -15,7 +15,19 @@ from common.coupling import (
     SubnetConstructor,
     soft_clamp,
 )
+from common.downsampling import ConvDownsampling, dct_basis
 from common.haar import HaarDownsampling, haar_kernel
+from common.images import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    jpeg_roundtrip,
+    list_images,
+    load_image,
+    load_image_tensor,
+    save_image,
+)
+from common.metrics import image_metrics, modcrop, psnr, quantize_to_uint8, rgb_to_y, ssim
+from common.quantize import quantize_ste
 from common.sequential import FlowSequential
 from common.squeeze import Squeeze
 from common.subnets import DenseBlock, conv_subnet, dense_block, mlp_subnet
@@ -32,6 +44,22 @@ __all__ = [
     "soft_clamp",
     "HaarDownsampling",
     "haar_kernel",
+    "ConvDownsampling",
+    "dct_basis",
+    "quantize_ste",
+    "image_metrics",
+    "modcrop",
+    "psnr",
+    "ssim",
+    "rgb_to_y",
+    "quantize_to_uint8",
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "jpeg_roundtrip",
+    "list_images",
+    "load_image",
+    "load_image_tensor",
+    "save_image",
     "FlowSequential",
     "Squeeze",
     "DenseBlock",

@@ -1,0 +1,311 @@
+"""Training and validation data for IRN (SPEC sec. 3): HR patches and their bicubic LR references.
+
+Training samples are *stateless*: sample ``k`` (the ``k``-th image of the run, counting over all
+iterations and batch positions) is drawn from ``numpy.random.default_rng([seed, k])``. The patch a
+run sees at iteration ``i`` therefore depends only on ``(seed, i)``: resuming at iteration ``i``
+gives the same batches as the uninterrupted run, with any number of loader workers and, under
+``torch.distributed``, any split of the global batch over ranks.
+
+The LR reference of a patch is what downscaling the *whole* image with the MATLAB-style bicubic
+would give at that crop (the authors resize the cropped patch instead, which differs near the
+patch edges). We crop the HR with a margin of :data:`LR_MARGIN` LR pixels on every side (less at
+the image border, where the full-image resize mirrors too), resize that region and keep the
+interior. The bicubic kernel reaches 2 LR pixels, so 3 are enough; ``tests/test_irn_data.py``
+checks equality with the full-image resize.
+
+Rules for awkward images (each gives a warning naming the file):
+* grayscale is replicated to RGB, 16-bit keeps its precision, RGBA drops alpha (``load_image``);
+* the image is cropped to a multiple of the scale from the top-left (``modcrop``);
+* an image smaller than the HR patch in either side is skipped; if every image is skipped the
+  error names the largest patch size that would work.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from common.images import ImageReadError, list_images, load_image
+from common.imresize import imresize
+from common.metrics import modcrop
+
+__all__ = [
+    "LR_MARGIN",
+    "NamedImage",
+    "SAMPLE_TRAIN",
+    "SAMPLE_VAL",
+    "sample_photos",
+    "load_folder",
+    "bicubic_lr",
+    "lr_patch_from_region",
+    "PatchDataset",
+    "StepSampler",
+    "augment",
+]
+
+LR_MARGIN = 3
+
+SAMPLE_TRAIN = (
+    "astronaut",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "coffee",
+)
+SAMPLE_VAL = ("chelsea", "stereo_motorcycle_right")
+
+
+@dataclass
+class NamedImage:
+    """An image and where it came from: decoded (``image``, RGB float32 HWC in [0, 1]) or a file
+    still to be read (``path``), with its ``(height, width)``."""
+
+    name: str
+    image: np.ndarray | None = None
+    path: Path | None = None
+    size: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.image is not None:
+            self.size = (int(self.image.shape[0]), int(self.image.shape[1]))
+
+    def load(self) -> np.ndarray:
+        return self.image if self.image is not None else load_image(self.path)
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name == "stereo_motorcycle_right":
+        img = skimage.data.stereo_motorcycle()[1]
+    else:
+        img = getattr(skimage.data, name)()
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return (img[..., :3].astype(np.float32) / 255.0).astype(np.float32)
+
+
+def sample_photos(split: str) -> list[NamedImage]:
+    """The photos bundled with scikit-image: ``"train"`` (six) or ``"val"`` (chelsea and the right
+    view of ``stereo_motorcycle``), the split of issue 6's reference run."""
+    names = {"train": SAMPLE_TRAIN, "val": SAMPLE_VAL}.get(split)
+    if names is None:
+        raise ValueError(f"sample_photos: split must be 'train' or 'val', got {split!r}")
+    return [NamedImage(f"skimage:{n}", image=_skimage_photo(n)) for n in names]
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` from the file header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as err:  # PIL raises many kinds; all mean "not an image we can read"
+        raise ImageReadError(f"{path}: cannot read the image header ({err})") from None
+    return int(h), int(w)
+
+
+def load_folder(root: str | Path, what: str = "--data", decode: bool = False) -> list[NamedImage]:
+    """Every image under ``root`` (recursive), checked before any work starts.
+
+    Headers are read now (so an unreadable file fails at once, naming it); pixels are decoded now
+    only with ``decode=True`` (in-memory cache), else each time a patch is drawn.
+
+    Raises ``ValueError`` naming ``what`` (the flag) and the folder when it is missing, not a
+    folder or holds no image, and :class:`ImageReadError` naming a file that cannot be read.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise ValueError(f"{what}: folder {root} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"{what}: {root} is not a folder")
+    paths = list_images(root)
+    if not paths:
+        raise ValueError(
+            f"{what}: no images found under {root} "
+            "(looked for png, jpg, jpeg, bmp, tif, tiff, webp)"
+        )
+    if decode:
+        return [NamedImage(str(p), image=load_image(p)) for p in paths]
+    return [NamedImage(str(p), path=p, size=_image_size(p)) for p in paths]
+
+
+def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB-style bicubic downscale (with antialiasing) of a modcropped HWC image."""
+    return imresize(hr, scale=1.0 / scale, antialiasing=True).astype(np.float32)
+
+
+def lr_patch_from_region(
+    hr: np.ndarray, top: int, left: int, size: int, scale: int, margin: int = LR_MARGIN
+) -> np.ndarray:
+    """LR of the HR patch ``hr[top:top+size, left:left+size]`` as the full-image resize gives it.
+
+    ``hr`` must be modcropped; ``top``, ``left`` and ``size`` multiples of ``scale``.
+    """
+    h, w = hr.shape[:2]
+    m = margin * scale
+    r0, c0 = max(0, top - m), max(0, left - m)
+    r1, c1 = min(h, top + size + m), min(w, left + size + m)
+    lr_region = bicubic_lr(hr[r0:r1, c0:c1], scale)
+    i0, j0 = (top - r0) // scale, (left - c0) // scale
+    n = size // scale
+    return lr_region[i0 : i0 + n, j0 : j0 + n]
+
+
+def augment(arrays: Sequence[np.ndarray], flags: tuple[bool, bool, bool]) -> list[np.ndarray]:
+    """Horizontal flip, vertical flip, transpose (with the flips: all 8 rotations/reflections),
+    applied identically to HR and LR (the bicubic kernel is symmetric, so they commute)."""
+    hflip, vflip, rot = flags
+    out = []
+    for a in arrays:
+        if hflip:
+            a = a[:, ::-1]
+        if vflip:
+            a = a[::-1, :]
+        if rot:
+            a = a.transpose(1, 0, 2)
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def _to_tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+class PatchDataset(Dataset):
+    """Random ``patch_size`` HR crops with their LR references, indexed by global sample number.
+
+    ``dataset[k]`` is a dict ``{"hr": [3, P, P], "lr": [3, P/s, P/s]}`` (float32 in [0, 1]) fully
+    determined by ``(seed, k)``: an epoch is a seeded permutation of the images (as the authors'
+    shuffled loader), and the crop position and augmentation come from ``default_rng([seed, k])``.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[NamedImage],
+        patch_size: int,
+        scale: int,
+        seed: int = 10,
+        augment: bool = True,
+    ) -> None:
+        if patch_size % scale:
+            raise ValueError(f"--patch-size {patch_size} must be a multiple of --scale {scale}")
+        self.patch_size = patch_size
+        self.scale = scale
+        self.seed = seed
+        self.augment = augment
+        kept, skipped = [], []
+        for item in images:
+            h, w = item.size[0] - item.size[0] % scale, item.size[1] - item.size[1] % scale
+            if min(h, w) < patch_size:
+                skipped.append((item.name, (h, w)))
+            else:
+                kept.append(item)
+        for name, shape in skipped:
+            warnings.warn(
+                f"{name}: {shape[0]}x{shape[1]} is smaller than the {patch_size}x{patch_size} "
+                "training patch; skipped",
+                stacklevel=2,
+            )
+        if not kept:
+            largest = max((min(s) for _, s in skipped), default=0)
+            largest -= largest % scale
+            raise ValueError(
+                f"no training image is at least --patch-size {patch_size} on each side; "
+                f"use --patch-size {largest} or smaller, or larger images"
+            )
+        self.images = kept
+
+    def __len__(self) -> int:  # samples are indexed without end; a nominal length for tools
+        return 2**62
+
+    def _image_index(self, k: int) -> int:
+        n = len(self.images)
+        epoch, pos = divmod(k, n)
+        perm = np.random.default_rng([self.seed, 1, epoch]).permutation(n)
+        return int(perm[pos])
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        img = modcrop(self.images[self._image_index(k)].load(), self.scale)
+        rng = np.random.default_rng([self.seed, 2, k])
+        s, p = self.scale, self.patch_size
+        top = int(rng.integers(0, (img.shape[0] - p) // s + 1)) * s
+        left = int(rng.integers(0, (img.shape[1] - p) // s + 1)) * s
+        hr = img[top : top + p, left : left + p]
+        lr = lr_patch_from_region(img, top, left, p, s)
+        if self.augment:
+            flags = tuple(bool(b) for b in rng.integers(0, 2, size=3))
+            hr, lr = augment([hr, lr], flags)
+        return {"hr": _to_tensor(hr), "lr": _to_tensor(lr)}
+
+
+class StepSampler(Sampler[int]):
+    """Yields the global sample numbers of iterations ``start_step, start_step + 1, ...``.
+
+    Iteration ``i`` of a run with global batch ``B`` uses samples ``i*B .. i*B + B - 1``; rank
+    ``r`` of ``world_size`` takes its contiguous share, so the global batch is the same for any
+    number of processes.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        start_step: int = 0,
+        total_steps: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size % world_size:
+            raise ValueError(
+                f"--batch-size {batch_size} must be divisible by the number of processes "
+                f"({world_size})"
+            )
+        self.global_batch = batch_size
+        self.local_batch = batch_size // world_size
+        self.start_step = start_step
+        self.total_steps = total_steps
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.start_step
+        while self.total_steps is None or step < self.total_steps:
+            base = step * self.global_batch + self.rank * self.local_batch
+            yield from range(base, base + self.local_batch)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.total_steps is None:
+            return 2**62
+        return max(0, self.total_steps - self.start_step) * self.local_batch
+
+
+def validation_pairs(images: Sequence[NamedImage], scale: int) -> list[dict]:
+    """Modcropped HR and its bicubic LR for each validation image (SPEC sec. 4)."""
+    out = []
+    for item in images:
+        hr = modcrop(item.load(), scale)
+        if min(hr.shape[:2]) < scale:
+            raise ValueError(f"{item.name}: too small for scale {scale}")
+        out.append({"name": item.name, "hr": hr, "lr": bicubic_lr(hr, scale)})
+    return out
+
+
+def memory_bytes(images: Sequence[NamedImage]) -> int:
+    """Bytes the images take decoded as float32 RGB (what an in-memory cache costs)."""
+    return int(sum(h * w * 3 * 4 for h, w in (i.size for i in images)))
+
+
+def describe(images: Sequence[NamedImage]) -> str:
+    sizes = [f"{w}x{h}" for h, w in (i.size for i in images)]
+    more = "..." if len(sizes) > 4 else ""
+    mib = memory_bytes(images) / 2**20
+    return f"{len(images)} images ({', '.join(sizes[:4])}{more}; {mib:.0f} MiB decoded)"

@@ -1,0 +1,64 @@
+"""IRN's training objective (IRN eq. 5-9; SPEC sec. 3) and the dissertation's loss options.
+
+All losses are sums over pixels (and channels) averaged over the batch, as the authors' code
+(``reduction="sum"`` divided by the batch size):
+
+* guidance ``L_guide = mean_b sum (y - LR_bicubic)^2`` (L2; IRN eq. 5, "LR guidance");
+* reconstruction ``L_recon = mean_b sum sqrt((x' - x)^2 + eps)`` (Charbonnier-L1; IRN eq. 4);
+* distribution matching ``L_distr = mean_b sum z^2`` (IRN eq. 8, the practical surrogate
+  ``-log N(z; 0, I)`` up to a constant).
+
+``y_channel_usage = u`` (the dissertation's IRN-Y, appendix A.1) replaces a loss by
+``(1 - u) * loss_RGB + u * loss_Y`` for guidance and reconstruction, with Y the BT.601 luma in
+[0, 1] units (the Y the evaluation measures, SPEC sec. 4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common.metrics import rgb_to_y
+
+__all__ = ["LOSS_KINDS", "pixel_loss", "luma", "mixed_loss", "distribution_loss"]
+
+LOSS_KINDS = ("l1", "l2", "charbonnier")
+CHARBONNIER_EPS = 1e-6
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable BT.601 Y (in [16/255, 235/255]) of an RGB batch ``[B, 3, H, W]`` in [0, 1],
+    the same :func:`common.metrics.rgb_to_y` the evaluation uses -> ``[B, 1, H, W]``."""
+    return rgb_to_y(x).unsqueeze(1)
+
+
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """``mean_b sum_pixels rho(pred - target)`` with ``rho`` = ``|.|``, ``(.)^2`` or Charbonnier
+    ``sqrt((.)^2 + 1e-6)``; computed in float32 (or wider) even under autocast."""
+    diff = pred.float() - target.float() if pred.dtype != torch.float64 else pred - target
+    if kind == "l2":
+        per = diff * diff
+    elif kind == "l1":
+        per = diff.abs()
+    elif kind == "charbonnier":
+        per = torch.sqrt(diff * diff + CHARBONNIER_EPS)
+    else:
+        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSS_KINDS}")
+    return per.sum() / pred.shape[0]
+
+
+def mixed_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, y_channel_usage: float = 0.0
+) -> torch.Tensor:
+    """IRN-Y: ``(1 - u) * loss(RGB) + u * loss(Y)`` (``u = 0``: the authors' RGB loss)."""
+    if y_channel_usage == 0.0:
+        return pixel_loss(pred, target, kind)
+    y_loss = pixel_loss(luma(pred), luma(target), kind)
+    if y_channel_usage == 1.0:
+        return y_loss
+    return (1.0 - y_channel_usage) * pixel_loss(pred, target, kind) + y_channel_usage * y_loss
+
+
+def distribution_loss(z: torch.Tensor) -> torch.Tensor:
+    """``mean_b sum z^2`` (IRN's practical distribution-matching loss, SPEC sec. 3)."""
+    zf = z if z.dtype == torch.float64 else z.float()
+    return (zf * zf).sum() / z.shape[0]

@@ -1,0 +1,225 @@
+"""End-to-end tests of train_irn.py at a tiny size (CPU, seconds)."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tests_support import tiny_images
+
+import train_irn
+
+TINY = ["--blocks-per-level", "1", "--gc", "4", "--batch-size", "2", "--patch-size", "16"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    train_dir, val_dir = tiny_images(tmp_path)
+    return str(train_dir), str(val_dir)
+
+
+def run(tmp_path, data, *extra):
+    train_dir, val_dir = data
+    argv = [*TINY, "--data", train_dir, "--val-data", val_dir, "--out", str(tmp_path / "run")]
+    return train_irn.main([*argv, *extra])
+
+
+def test_one_training_step_changes_weights_and_logs(tmp_path, data):
+    torch.manual_seed(0)
+    out = run(tmp_path, data, "--iters", "1", "--val-every", "1", "--log-every", "1")
+    assert out["step"] == 1 and len(out["history"]) == 1
+    rec = out["history"][0]
+    for k in ("total", "guide", "recon", "distr", "grad_norm"):
+        assert math.isfinite(rec[k])
+    # the zero-initialised couplings start as Haar only: the loss terms are non-trivial
+    assert rec["guide"] > 0 and rec["recon"] > 0 and rec["distr"] > 0
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 1 and ckpt["config"]["model"]["scale"] == 4
+    assert ckpt["config"]["batch_size"] == 2
+    assert set(out["val"][0]) >= {"psnr_y", "ssim_y", "psnr_rgb", "lr_psnr_y"}
+
+
+def test_total_loss_is_the_weighted_sum_of_paper_terms(tmp_path, data):
+    """The objective by hand: lambda_guide = scale^2 times the L2 guidance etc."""
+    from irn.model import IRN, IRNConfig
+
+    torch.manual_seed(0)
+    model = IRN(IRNConfig(scale=2, blocks_per_level=1, gc=4))
+    hr = torch.rand(2, 3, 8, 8)
+    lr_ref = torch.rand(2, 3, 4, 4)
+    cfg = train_irn.TrainConfig()
+    gen = torch.Generator().manual_seed(5)
+    losses = train_irn.compute_losses(model, hr, lr_ref, cfg, 4.0, gen, amp=False)
+    y, _ = model(hr)
+    guide = ((y[:, :3] - lr_ref) ** 2).sum() / 2
+    distr = (y[:, 3:] ** 2).sum() / 2
+    z = torch.randn(y[:, 3:].shape, generator=torch.Generator().manual_seed(5))
+    lr_q = (y[:, :3].clamp(0, 1) * 255).round() / 255
+    x_rec, _ = model.inverse(torch.cat([lr_q, z], 1))
+    recon = torch.sqrt((x_rec - hr) ** 2 + 1e-6).sum() / 2
+    assert torch.allclose(losses["guide"], guide)
+    assert torch.allclose(losses["distr"], distr)
+    assert torch.allclose(losses["recon"], recon, rtol=1e-5)
+    assert torch.allclose(losses["total"], 4 * guide + recon + distr, rtol=1e-5)
+
+
+def test_resume_gives_the_identical_loss_sequence(tmp_path, data):
+    full = run(tmp_path / "a", data, "--iters", "6", "--save-every", "3", "--val-every", "100")
+    first = run(tmp_path / "b", data, "--iters", "3", "--save-every", "3", "--val-every", "100")
+    rest = run(
+        tmp_path / "b",
+        data,
+        "--iters",
+        "6",
+        "--save-every",
+        "3",
+        "--val-every",
+        "100",
+        "--resume",
+        "auto",
+    )
+    seq_full = [h["total"] for h in full["history"]]
+    seq_resumed = [h["total"] for h in first["history"] + rest["history"]]
+    assert len(seq_resumed) == 6
+    assert seq_full == seq_resumed  # bit-identical
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, data):
+    """SIGTERM mid-run: the loop saves last.pt and stops; nothing written is lost."""
+    original = train_irn.compute_losses
+    calls = {"n": 0}
+
+    def compute_and_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    train_irn.compute_losses = compute_and_signal
+    try:
+        out = run(tmp_path, data, "--iters", "50", "--val-every", "100")
+    finally:
+        train_irn.compute_losses = original
+    assert out["interrupted"] and out["step"] == 3
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["extra"]["kind"] == "interrupted"
+    again = run(tmp_path, data, "--iters", "5", "--val-every", "100", "--resume", "auto")
+    assert again["step"] == 5 and len(again["history"]) == 2
+
+
+def test_amp_bf16_step_on_cpu(tmp_path, data):
+    out = run(tmp_path, data, "--iters", "2", "--amp", "--val-every", "2")
+    assert all(math.isfinite(h["total"]) for h in out["history"])
+    assert math.isfinite(out["val"][0]["psnr_y"])
+
+
+def test_nonfinite_losses_skip_then_stop_naming_the_checkpoint(tmp_path, data, monkeypatch):
+    original = train_irn.compute_losses
+    calls = {"n": 0}
+
+    def nan_after_two(*args, **kwargs):
+        calls["n"] += 1
+        losses = original(*args, **kwargs)
+        if calls["n"] > 2:
+            losses["total"] = losses["total"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(train_irn, "compute_losses", nan_after_two)
+    with pytest.raises(SystemExit, match=r"ckpt_00000002.pt"):
+        run(
+            tmp_path,
+            data,
+            "--iters",
+            "20",
+            "--save-every",
+            "2",
+            "--max-nonfinite",
+            "3",
+            "--val-every",
+            "100",
+        )
+    assert (tmp_path / "run" / "ckpt_00000002.pt").is_file()
+
+
+def test_tensorboard_has_scalars_and_images(tmp_path, data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tmp_path, data, "--iters", "2", "--val-every", "2", "--log-every", "1")
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    expected = {
+        "train/loss_total",
+        "train/loss_guide",
+        "train/loss_recon",
+        "train/loss_distr",
+        "train/lr",
+        "train/grad_norm",
+        "train/iters_per_s",
+        "val/psnr_y",
+        "val/ssim_y",
+        "val/psnr_rgb",
+        "val/lr_psnr_y",
+        "val_bicubic/psnr_y",
+    }
+    assert expected <= scalars, expected - scalars
+    images = set(acc.Tags()["images"])
+    assert {
+        f"val_images/{n}"
+        for n in ("1_hr", "2_bicubic_lr", "3_lr_irn", "4_hr_irn", "5_abs_error_x4")
+    } <= images
+    assert any("config" in t for t in acc.Tags()["tensors"])
+
+
+def test_bad_input_gives_clear_errors(tmp_path, data, capsys):
+    with pytest.raises(ValueError, match=r"--data: folder .*missing does not exist"):
+        train_irn.main(["--data", str(tmp_path / "missing"), "--iters", "1"])
+    with pytest.raises(SystemExit):
+        train_irn.main(["--patch-size", "30", "--iters", "1"])
+    assert "--patch-size 30 must be a multiple of --scale 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_irn.main(["--y-channel-usage", "2"])
+    assert "--y-channel-usage" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"x.png"):
+        train_irn.main([*TINY, "--data", str(bad), "--iters", "1"])
+
+
+def test_cli_runs_as_a_script(tmp_path, data):
+    train_dir, val_dir = data
+    cmd = [
+        sys.executable,
+        "train_irn.py",
+        *TINY,
+        "--data",
+        train_dir,
+        "--val-data",
+        val_dir,
+        "--iters",
+        "2",
+        "--val-every",
+        "2",
+        "--out",
+        str(tmp_path / "cli"),
+    ]
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].startswith("Training on")
+    assert lines[-1].startswith("Validation PSNR-Y after 2 iterations: IRN")
+    missing = subprocess.run(
+        [sys.executable, "train_irn.py", "--data", str(tmp_path / "nope")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2
+    assert "nope does not exist" in missing.stderr and "Traceback" not in missing.stderr
