@@ -1,9 +1,10 @@
 """Train Glow on the 8x8 digits ("MNIST8", SPEC sec. 7); report test bits/dim and FD-digits.
 
-The dissertation's setting (flat Glow, Adam lr 1e-3, batch 32, 5 epochs; seconds on a CPU)::
+The dissertation's setting (flat Glow: actnorm -> fixed permutation -> affine coupling, 8 steps,
+Adam lr 1e-3, batch 32, 5 epochs; seconds on a CPU)::
 
     python train_glow.py
-    python train_glow.py --permutation shuffle --epochs 20 --out runs/glow_shuffle
+    python train_glow.py --permutation invconv_lu --epochs 20 --out runs/glow_lu  # Glow's 1x1 conv
     python train_glow.py --architecture multiscale --epochs 10 --out runs/glow_ms
     tensorboard --logdir runs/glow
 

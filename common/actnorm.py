@@ -9,7 +9,33 @@ from torch import nn
 
 from common.utils import broadcast_logdet, check_input
 
-__all__ = ["ActNorm"]
+__all__ = ["ActNorm", "actnorm_statistics"]
+
+
+@torch.no_grad()
+def actnorm_statistics(
+    x: torch.Tensor, channels: int, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ActNorm's data-dependent initial ``(bias, log_scale)`` for the batch ``x``, in float64.
+
+    ``bias = -mean`` and ``log_scale = -log(std)`` per channel (dim 1) over every other dimension,
+    so ``(x + bias) * exp(log_scale)`` has zero mean and unit variance per channel (Glow sec. 3.1).
+    A channel with ``std <= eps`` gets ``log_scale = 0`` (``s = 1``) instead of inf. Under
+    ``torch.distributed`` the sums are all-reduced first, so every rank gets the same values.
+    """
+    flat = x.detach().transpose(0, 1).reshape(channels, -1).to(torch.float64)
+    count = torch.tensor(float(flat.shape[1]), dtype=torch.float64, device=x.device)
+    total = flat.sum(dim=1)
+    total_sq = (flat * flat).sum(dim=1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        stats = torch.cat([total, total_sq, count.reshape(1)])
+        torch.distributed.all_reduce(stats)
+        total, total_sq, count = stats[:channels], stats[channels : 2 * channels], stats[-1]
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp_min(0.0)
+    std = var.sqrt()
+    scale = torch.where(std > eps, 1.0 / std.clamp_min(eps), torch.ones_like(std))
+    return -mean, scale.log()
 
 
 class ActNorm(nn.Module):
@@ -47,24 +73,9 @@ class ActNorm(nn.Module):
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         """Set ``b = -mean`` and ``s = 1/std`` per channel from ``x`` (data-dependent init)."""
-        flat = x.detach().transpose(0, 1).reshape(self.channels, -1).to(torch.float64)
-        count = torch.tensor(float(flat.shape[1]), dtype=torch.float64, device=x.device)
-        total = flat.sum(dim=1)
-        total_sq = (flat * flat).sum(dim=1)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            stats = torch.cat([total, total_sq, count.reshape(1)])
-            torch.distributed.all_reduce(stats)
-            total, total_sq, count = (
-                stats[: self.channels],
-                stats[self.channels : 2 * self.channels],
-                stats[-1],
-            )
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0.0)
-        std = var.sqrt()
-        scale = torch.where(std > self.eps, 1.0 / std.clamp_min(self.eps), torch.ones_like(std))
-        self.bias.copy_((-mean).to(self.bias.dtype))
-        self.log_scale.copy_(scale.log().to(self.log_scale.dtype))
+        bias, log_scale = actnorm_statistics(x, self.channels, self.eps)
+        self.bias.copy_(bias.to(self.bias.dtype))
+        self.log_scale.copy_(log_scale.to(self.log_scale.dtype))
         self.initialized.fill_(True)
 
     def _logdet(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,10 @@
-"""Invertible 1x1 convolution (Glow, sec. 3.2), plain and LU-decomposed."""
+"""Channel mixing between couplings (Glow, sec. 3.2): invertible 1x1 convolution and permutation.
+
+:class:`InvConv1x1` is Glow's learned 1x1 convolution, plain or LU-decomposed;
+:class:`ChannelPermutation` is the fixed random permutation that it generalises (a permutation
+matrix is a 1x1 convolution with log|det| = 0), the "shuffle" of Glow sec. 5.1 and the
+dissertation's flat model.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.utils import broadcast_logdet, check_input
+from common.utils import broadcast_logdet, check_input, zeros_logdet
 
-__all__ = ["InvConv1x1"]
+__all__ = ["ChannelPermutation", "InvConv1x1"]
 
 
 def _mix(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -74,13 +80,14 @@ class InvConv1x1(nn.Module):
         )
         return self.perm.to(dtype) @ lower @ upper
 
-    def _log_abs_det(self) -> torch.Tensor:
+    def log_abs_det(self) -> torch.Tensor:
+        """``log|det W|`` as a 0-dim tensor (``sum(log_s)`` when ``lu=True``)."""
         if self.lu:
             return self.log_s.sum()
         return torch.linalg.slogdet(self.weight.to(torch.float64))[1]
 
     def _logdet(self, x: torch.Tensor) -> torch.Tensor:
-        return broadcast_logdet(self._log_abs_det() * math.prod(x.shape[2:]), x)
+        return broadcast_logdet(self.log_abs_det() * math.prod(x.shape[2:]), x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input(self, x, self.channels)
@@ -94,3 +101,37 @@ class InvConv1x1(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.channels}, lu={self.lu}"
+
+
+class ChannelPermutation(nn.Module):
+    """A fixed random permutation of the channels (dim 1); log|det| = 0.
+
+    The "shuffle" baseline against which Glow compares its 1x1 convolution (sec. 5.1, with
+    "reverse"), as used by RealNVP, FrEIA's ``AllInOneBlock`` and the dissertation's flat Glow
+    ("we randomly permute channels before splitting them at a coupling layer", sec. 3.2).
+    Implemented as an index gather, so it costs no matrix product. The permutation and its
+    inverse are buffers (saved in checkpoints). Works on ``[B, C]`` and ``[B, C, H, W]``.
+
+    Reference: Glow (arXiv:1807.03039) sec. 3.2 and 5.1 ("shuffle"); Dinh et al., "Real NVP",
+    arXiv:1605.08803.
+    """
+
+    def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"ChannelPermutation: channels must be an int >= 1, got {channels}")
+        self.channels = channels
+        perm = torch.randperm(channels, generator=generator)
+        self.register_buffer("perm", perm)
+        self.register_buffer("inverse_perm", torch.argsort(perm))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_input(self, x, self.channels)
+        return x.index_select(1, self.perm), zeros_logdet(x)
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_input(self, y, self.channels, direction="inverse")
+        return y.index_select(1, self.inverse_perm), zeros_logdet(y)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}"

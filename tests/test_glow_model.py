@@ -15,6 +15,8 @@ from flow_checks import (
 )
 
 from common.config import ConfigError
+from common.fused import FusedFlatFlow
+from common.subnets import mlp_subnet
 from glow.model import ChannelPermutation, Glow, GlowConfig, standard_normal_log_prob
 
 FLAT_TINY = dict(architecture="flat", in_channels=1, image_size=2, steps=2, hidden=8)
@@ -124,9 +126,42 @@ def test_digits_multiscale_shapes():
 
 def test_flat_shuffle_matches_freia_parameter_count():
     """8 steps, 512-unit subnets: 8 * (ActNorm 128 + 32*512+512 + 512*64+64) = 398,848, the
-    trainable parameter count of FrEIA's AllInOneBlock x 8 with the same subnets."""
-    model = Glow(GlowConfig(permutation="shuffle"))
-    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 398_848
+    trainable parameter count of FrEIA's AllInOneBlock x 8 with the same subnets; the fused flat
+    flow stores them stacked in 6 tensors (48 layer by layer)."""
+    model = Glow(GlowConfig())
+    assert model.config.permutation == "shuffle"
+    assert isinstance(model.flow, FusedFlatFlow)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in params) == 398_848 and len(params) == 6
+    layers = [p for p in model.flow.to_layers().parameters() if p.requires_grad]
+    assert sum(p.numel() for p in layers) == 398_848 and len(layers) == 48
+
+
+def test_flat_model_equals_its_layer_by_layer_flow(double):
+    """The fused flat flow is the same map as the ActNorm / permutation / coupling layers built
+    with the same seed (same initial values), and a layer-by-layer state dict (the flat
+    checkpoint layout before the fused flow) loads into it."""
+    overrides = dict(FLAT_TINY, subnet_layers=2)
+    for permutation in ("shuffle", "invconv_lu"):
+        model = _tiny(permutation=permutation, **overrides)
+        layers = model.flow.to_layers()
+        x = _inputs(model).reshape(3, -1)
+        z, logdet = model(x)
+        z_ref, logdet_ref = layers(x)
+        torch.testing.assert_close(z, z_ref, atol=1e-12, rtol=0)
+        torch.testing.assert_close(logdet, logdet_ref, atol=1e-12, rtol=0)
+        torch.manual_seed(99)
+        clone = Glow(GlowConfig(permutation=permutation, **overrides)).double().eval()
+        old_layout = {f"flow.{k}": v for k, v in layers.state_dict().items()}
+        clone.load_state_dict(old_layout)
+        torch.testing.assert_close(clone(x)[0], z, atol=0, rtol=0)
+        # and the seed gives the same initial values as the layer-by-layer construction
+        torch.manual_seed(5)
+        fresh = Glow(GlowConfig(permutation=permutation, **overrides))
+        torch.manual_seed(5)
+        built = fresh._steps(fresh.num_dims, mlp_subnet(8, 2))
+        for name, value in FusedFlatFlow.from_layers(built).state_dict().items():
+            assert torch.equal(value, fresh.flow.state_dict()[name]), name
 
 
 def test_initialize_is_data_dependent_actnorm():
@@ -136,7 +171,8 @@ def test_initialize_is_data_dependent_actnorm():
     model.eval()
     model.initialize(x)
     assert not model.training
-    first = model.flow[0]
+    first = model.flow.to_layers()[0]
+    assert type(first).__name__ == "ActNorm" and bool(first.initialized)
     y, _ = first(x.reshape(256, 64))
     torch.testing.assert_close(y.mean(0), torch.zeros(64), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.std(0, unbiased=False), torch.ones(64), atol=1e-4, rtol=0)
@@ -174,8 +210,12 @@ def test_channel_permutation_proofs(double):
 def test_config_defaults_resolve_per_architecture():
     flat = GlowConfig()
     assert (flat.hidden, flat.subnet_layers, flat.levels, flat.kernel_size) == (512, 1, None, None)
+    # the dissertation's flat step permutes; the paper's multi-scale Glow uses the LU 1x1 conv
+    assert flat.permutation == "shuffle"
     multi = GlowConfig(architecture="multiscale")
     assert (multi.hidden, multi.levels, multi.kernel_size, multi.subnet_layers) == (64, 3, 3, None)
+    assert multi.permutation == "invconv_lu"
+    assert GlowConfig(permutation="invconv").permutation == "invconv"
     assert GlowConfig(scale_fn="exp").clamp == 2.0 and GlowConfig().clamp is None
     # a resolved config rebuilds unchanged (checkpoints store the resolved values)
     from dataclasses import asdict
@@ -223,7 +263,7 @@ def test_zero_init_makes_couplings_start_as_a_fixed_scaling():
     for zero_init in (True, False):
         torch.manual_seed(0)
         model = Glow(GlowConfig(permutation="shuffle", steps=2, zero_init=zero_init)).eval()
-        coupling = model.flow[2]
+        coupling = model.flow.to_layers()[2]
         assert type(coupling).__name__ == "AffineCoupling"
         y, _ = coupling(x)
         assert torch.allclose(y, expected, atol=1e-6) == zero_init

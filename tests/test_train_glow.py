@@ -29,9 +29,15 @@ def _metrics(history: list[dict]) -> list[dict]:
 
 
 def test_one_tiny_epoch_writes_a_loadable_checkpoint(tmp_path, capsys):
-    threads = torch.get_num_threads()
-    result = run(tmp_path, "--epochs", "1", "--threads", "1" if threads > 1 else "2")
-    assert torch.get_num_threads() == threads  # main() restores the caller's thread count
+    previous = torch.get_num_threads()
+    # Train on 1 thread (2 OpenMP threads on a busy 2-core machine wait on each other for
+    # milliseconds per operation); main() must restore the caller's count afterwards.
+    torch.set_num_threads(2)
+    try:
+        result = run(tmp_path, "--epochs", "1", "--threads", "1")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
     assert not result["interrupted"] and result["step"] == 51  # ceil(1617 / 32)
     assert len(result["losses"]) == 51 and all(map(torch.isfinite, torch.tensor(result["losses"])))
     assert "final: epoch 1 | test" in capsys.readouterr().out
