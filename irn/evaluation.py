@@ -209,7 +209,7 @@ def bicubic_baseline(
     jpeg_quality: int | None = None,
     return_images: bool = False,
 ) -> dict:
-    """"Bicubic & Bicubic": MATLAB-style bicubic down then up, HR metrics (SPEC sec. 4).
+    """The "Bicubic & Bicubic" baseline: MATLAB-style bicubic down then up, HR metrics (SPEC 4).
 
     By default the LR stays in float, as in the reference numbers this project is checked
     against (28.39 / 0.7794 Y on the sample validation photos at x4; with ``quantize_lr=True``,
@@ -321,4 +321,3 @@ def evaluate_rescaling(
         out["lr"] = lr_u8
         out["hr_rec"] = np.ascontiguousarray(first)
     return out
-
