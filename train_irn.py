@@ -10,6 +10,16 @@ The paper's x4 training on DIV2K (500k iterations at batch 16; a GPU and AMP str
         --amp --out runs/irn_x4
     tensorboard --logdir runs
 
+Several GPUs, or several CPU processes (DDP; ``--batch-size`` is the global batch, split
+evenly; only rank 0 logs and writes checkpoints)::
+
+    torchrun --standalone --nproc_per_node=4 train_irn.py --data DIV2K/DIV2K_train_HR --amp
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \
+        --rdzv_endpoint=HOST:29500 train_irn.py ...            # on every node, its node_rank
+
+Lower memory: ``--memory-saving`` recomputes activations from the outputs in the backward pass
+(1.2-1.3x the step time measured on CPU; memory independent of depth).
+
 Interrupt with Ctrl-C (or SIGTERM): the last state is saved; continue with ``--resume auto``.
 Every flag is listed by ``python train_irn.py --help``; defaults are the paper's.
 """
@@ -65,6 +75,7 @@ from common.runtime import (
     resolve_device,
     seed_everything,
 )
+from common.subnets import set_dense_block_options
 from irn.data import (
     PatchDataset,
     StepSampler,
@@ -215,6 +226,23 @@ class TrainConfig:
     threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads; none = torch's default."}
     )
+    memory_saving: bool = field(
+        default=False,
+        metadata={
+            "help": "Memory-saving backprop: keep only the flow's outputs and recompute each "
+            "coupling's input from its output with the exact inverse during the backward pass "
+            "(Gomez et al. 2017). Same gradients up to round-off; activation memory no longer "
+            "grows with depth; 1.2-1.3x the step time (measured on CPU)."
+        },
+    )
+    channels_last: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the dense-block convolutions in channels-last (NHWC) layout, faster "
+            "with oneDNN on CPU and with tensor cores on GPU; same results. --no-channels-last "
+            "keeps NCHW."
+        },
+    )
 
     def __post_init__(self) -> None:
         positive = ("iters", "batch_size", "patch_size", "val_every", "save_every", "log_every")
@@ -284,13 +312,49 @@ def parse_args(argv: list[str] | None) -> tuple[IRNConfig, TrainConfig]:
 # ---------------------------------------------------------------------------------------------
 
 
-def jpeg_ste(lr: torch.Tensor, quality_range: tuple[int, int], gen: np.random.Generator):
-    """JPEG-compress each image at a random quality; straight-through gradient (IRN-C)."""
+def jpeg_ste(
+    lr: torch.Tensor,
+    quality_range: tuple[int, int],
+    gen: np.random.Generator,
+    global_batch: int | None = None,
+    batch_offset: int = 0,
+):
+    """JPEG-compress each image at a random quality; straight-through gradient (IRN-C).
+
+    Qualities are drawn for the whole global batch (``global_batch`` rows, this process's images
+    being rows ``batch_offset ...``), so they do not depend on the number of processes.
+    """
     lo, hi = quality_range
+    rows = lr.shape[0] if global_batch is None else global_batch
+    qualities = [int(gen.integers(lo, hi + 1)) for _ in range(rows)]
     out = torch.empty_like(lr)
     for i in range(lr.shape[0]):
-        out[i] = jpeg_roundtrip(lr[i].detach().float(), int(gen.integers(lo, hi + 1)))
+        out[i] = jpeg_roundtrip(lr[i].detach().float(), qualities[batch_offset + i])
     return lr + (out - lr).detach()
+
+
+def sample_z(
+    shape: torch.Size | tuple[int, ...],
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+    global_batch: int | None = None,
+    batch_offset: int = 0,
+) -> torch.Tensor:
+    """``z ~ N(0, I)`` for this process's rows of the global batch.
+
+    The whole global batch is drawn (every process holds the same generator state) and rows
+    ``batch_offset .. batch_offset + shape[0]`` are kept, so a run on N processes upscales each
+    sample with the same ``z`` as a single-process run with the same global batch.
+    """
+    rows = shape[0] if global_batch is None else global_batch
+    if not 0 <= batch_offset <= rows - shape[0]:
+        raise ValueError(
+            f"sample_z: rows {batch_offset}..{batch_offset + shape[0]} outside a global batch "
+            f"of {rows}"
+        )
+    z = torch.randn((rows, *shape[1:]), generator=generator, device=device, dtype=dtype)
+    return z[batch_offset : batch_offset + shape[0]] if rows != shape[0] else z
 
 
 def compute_losses(
@@ -302,12 +366,18 @@ def compute_losses(
     z_gen: torch.Generator,
     amp: bool,
     jpeg_gen: np.random.Generator | None = None,
+    global_batch: int | None = None,
+    batch_offset: int = 0,
 ) -> dict[str, torch.Tensor]:
     """The IRN objective of one batch (IRN eq. 4-9; SPEC sec. 3) and the dissertation's options.
 
     ``(y, z) = f(x)``; ``L_guide`` on ``y`` (unquantised unless --quantize-guide-loss);
     ``y_q = Quant(y)`` (STE); ``x' = f^-1(y_q, z')`` with ``z' ~ N(0, gaussian_scale^2)``;
     ``L_recon`` on ``x'``; ``L_distr = mean_b sum z^2``.
+
+    Under DDP, ``hr`` holds rows ``batch_offset ...`` of a ``global_batch``: the random draws
+    (``z'``, JPEG qualities) are made for the global batch and sliced (:func:`sample_z`), so the
+    result does not depend on the number of processes.
     """
     c = lr_ref.shape[1]
     device = hr.device
@@ -319,12 +389,18 @@ def compute_losses(
     l_guide = mixed_loss(guide_in, lr_ref, cfg.guide_loss, cfg.y_channel_usage)
     l_distr = distribution_loss(z)
     if cfg.jpeg_quality_range is not None:
-        lr_q = jpeg_ste(lr_q, cfg.jpeg_quality_range, jpeg_gen or np.random.default_rng())
+        lr_q = jpeg_ste(
+            lr_q,
+            cfg.jpeg_quality_range,
+            jpeg_gen or np.random.default_rng(),
+            global_batch,
+            batch_offset,
+        )
     lr_in = lr_ref if cfg.sr_mode else lr_q
     if cfg.zero_sample:
         z_up = torch.zeros_like(z)
     else:
-        z_up = torch.randn(z.shape, generator=z_gen, device=device, dtype=z.dtype)
+        z_up = sample_z(z.shape, z_gen, device, z.dtype, global_batch, batch_offset)
         z_up = z_up * cfg.gaussian_scale
     with autocast_context(device, amp):
         x_rec, _ = unwrap(model).inverse(torch.cat([lr_in, z_up], dim=1))
@@ -337,6 +413,27 @@ def compute_losses(
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def backward_and_step(
+    total: torch.Tensor,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: TrainConfig,
+) -> torch.Tensor:
+    """Backward of ``total``, optional value clipping, norm clipping at ``cfg.grad_clip``, the
+    optimiser step (through the AMP ``scaler``); returns the gradient norm before clipping."""
+    scaler.scale(total).backward()
+    scaler.unscale_(optimizer)
+    params = list(unwrap(model).parameters())
+    if cfg.clip_value is not None:
+        torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return grad_norm
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +526,11 @@ def _load_data(cfg: TrainConfig, scale: int):
 
 
 def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """Initialise torch.distributed when started by torchrun (RANK/WORLD_SIZE set)."""
+    """Initialise torch.distributed when started by torchrun (RANK/WORLD_SIZE set).
+
+    gloo on CPU, nccl on CUDA (one GPU per process: ``LOCAL_RANK``); the rendezvous comes from
+    the environment torchrun sets (``--standalone`` or ``--rdzv_endpoint`` for several nodes).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, resolve_device(device_name)
@@ -448,9 +549,67 @@ def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 
+def _all_true(flag: bool, world: int, device: torch.device) -> bool:
+    """``flag`` OR-ed over all processes (so every rank takes the same branch)."""
+    if world <= 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _global_losses(losses: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
+    """Detached losses averaged over the processes: the global batch's losses (every rank holds
+    an equal share, and each loss is a mean over its rows), identical on every rank, so the
+    non-finite check and the logs agree everywhere."""
+    keys = list(losses)
+    vals = torch.stack([losses[k].detach().float() for k in keys])
+    if world > 1:
+        torch.distributed.all_reduce(vals)
+        vals = vals / world
+    return dict(zip(keys, vals, strict=True))
+
+
+def _load_resume(
+    cfg: TrainConfig, out_dir: Path, world: int, main_proc: bool
+) -> tuple[Path | None, dict | None]:
+    """Find and read the checkpoint to resume on rank 0 and broadcast it to every rank (nodes
+    need not share a file system); an error is raised on every rank alike."""
+    result: list[Any] = [None, None, None]
+    if main_proc or world <= 1:
+        try:
+            resume = resolve_resume(cfg.resume, out_dir)
+            if cfg.resume and resume is None:
+                raise SystemExit(f"--resume auto: no checkpoint found in {out_dir}")
+            result = [
+                None if resume is None else str(resume),
+                None if resume is None else load_checkpoint(resume),
+                None,
+            ]
+        except (SystemExit, CheckpointError) as err:
+            result = [None, None, (type(err).__name__, str(err))]
+    if world > 1:
+        torch.distributed.broadcast_object_list(result, src=0)
+    path, ckpt, error = result
+    if error is not None:
+        kind, message = error
+        raise (SystemExit(message) if kind == "SystemExit" else CheckpointError(message))
+    return (None if path is None else Path(path)), ckpt
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_cfg, cfg = parse_args(argv)
     rank, world, device = _setup_distributed(cfg.device)
+    try:
+        return _train(model_cfg, cfg, rank, world, device)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(
+    model_cfg: IRNConfig, cfg: TrainConfig, rank: int, world: int, device: torch.device
+) -> dict[str, Any]:
     main_proc = rank == 0
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -465,7 +624,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     val_pairs = validation_pairs(val_items, scale) if val_items else []
 
     seed_everything(cfg.seed)
-    model = IRN(model_cfg).to(device)
+    model = IRN(model_cfg, memory_saving=cfg.memory_saving).to(device)
+    set_dense_block_options(model, channels_last=cfg.channels_last)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
     )
@@ -473,17 +633,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         optimizer, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma
     )
     scaler = make_grad_scaler(device, cfg.amp)
-    z_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * rank)
-    jpeg_gen = np.random.default_rng([cfg.seed, 3, rank])
+    # The same generators on every rank: each draws for the whole global batch and keeps its
+    # rows (sample_z), so N processes reproduce the single-process run.
+    z_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    jpeg_gen = np.random.default_rng([cfg.seed, 3, 0])  # as rank 0 of earlier versions
     guard = NonFiniteGuard(cfg.max_nonfinite)
     config_dict = {**config_to_dict(cfg), "model": config_to_dict(model_cfg)}
 
     step, best = 0, -math.inf
-    resume = resolve_resume(cfg.resume, out_dir)
-    if cfg.resume and resume is None:
-        raise SystemExit(f"--resume auto: no checkpoint found in {out_dir}")
+    resume, ckpt = _load_resume(cfg, out_dir, world, main_proc)
     if resume is not None:
-        ckpt = load_checkpoint(resume)
         stored = config_from_dict(IRNConfig, ckpt["config"]["model"])
         if stored != model_cfg:
             raise SystemExit(
@@ -511,6 +670,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
     sampler = StepSampler(cfg.batch_size, step, cfg.iters, rank=rank, world_size=world)
+    batch_offset = rank * sampler.local_batch
     loader = DataLoader(
         dataset,
         batch_size=sampler.local_batch,
@@ -532,7 +692,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     _say(
         f"IRN x{scale}: {sum(p.numel() for p in model.parameters()):,} parameters; device "
-        f"{device}{' with AMP' if cfg.amp else ''}; {world} process(es); batch {cfg.batch_size}, "
+        f"{device}{' with AMP' if cfg.amp else ''}"
+        f"{', memory-saving backprop' if cfg.memory_saving else ''}; {world} process(es); "
+        f"batch {cfg.batch_size}, "
         f"patch {cfg.patch_size}; iterations {step} -> {cfg.iters}; output {out_dir}"
     )
 
@@ -592,35 +754,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with GracefulInterrupt() as stop:
             data_iter = iter(loader)
             while step < cfg.iters:
-                if stop.requested:
+                if _all_true(stop.requested, world, device):
                     interrupted = True
                     break
                 batch = next(data_iter)
                 hr = batch["hr"].to(device, non_blocking=True)
                 lr_ref = batch["lr"].to(device, non_blocking=True)
                 losses = compute_losses(
-                    ddp_model, hr, lr_ref, cfg, lambda_guide, z_gen, cfg.amp, jpeg_gen
+                    ddp_model,
+                    hr,
+                    lr_ref,
+                    cfg,
+                    lambda_guide,
+                    z_gen,
+                    cfg.amp,
+                    jpeg_gen,
+                    global_batch=cfg.batch_size,
+                    batch_offset=batch_offset,
                 )
                 optimizer.zero_grad(set_to_none=True)
-                if not guard.check(losses["total"], step=step):
+                reported = _global_losses(losses, world)
+                if not guard.check(reported["total"], step=step):
                     tb.scalar("train/skipped_nonfinite", 1.0, step)
                     progress.write(f"[step {step}] non-finite loss; step skipped")
                     step += 1
                     scheduler.step()
                     progress.update(1)
                     continue
-                scaler.scale(losses["total"]).backward()
-                scaler.unscale_(optimizer)
-                if cfg.clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_value)
-                max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                scaler.step(optimizer)
-                scaler.update()
+                grad_norm = backward_and_step(losses["total"], ddp_model, optimizer, scaler, cfg)
                 scheduler.step()
                 step += 1
                 steps_since += 1
-                record = {k: float(v.detach()) for k, v in losses.items()}
+                record = {k: float(v) for k, v in reported.items()}
                 record["grad_norm"] = float(grad_norm)
                 history.append(record)
                 progress.update(1)
@@ -662,8 +827,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(SSIM-Y {last['ssim_y']:.4f}) vs bicubic {bicubic['psnr_y']:.2f} dB "
             f"(SSIM-Y {bicubic['ssim_y']:.4f}); best {best:.2f} dB; checkpoints in {out_dir}"
         )
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
     return {
         "step": step,
         "interrupted": interrupted,
@@ -671,6 +834,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "val": val_history,
         "bicubic": bicubic,
         "out": str(out_dir),
+        "rank": rank,
+        "world_size": world,
+        "model": model,
     }
 
 

@@ -155,10 +155,18 @@ class IRN(nn.Module):
     the (unquantised) LR image and ``y[:, C:]`` the latent ``z``; ``logdet`` ``[B]`` is
     log|det df/dx|. ``x, logdet = model.inverse(y)`` is the exact inverse.
 
+    ``memory_saving=True`` (also settable later as ``model.memory_saving``) trains with
+    memory-saving backpropagation (:mod:`common.memsave`; Gomez et al., "The Reversible Residual
+    Network", NeurIPS 2017): ``forward`` and ``inverse`` keep only their outputs and the backward
+    pass recomputes every layer's input with its exact inverse, so activation memory no longer
+    grows with the number of couplings. Values and gradients are those of the ordinary mode (up
+    to the round-off of the reconstruction); it is an execution choice, not part of the
+    architecture, so it is not an :class:`IRNConfig` field and does not change the state_dict.
+
     Reference: Xiao et al., "Invertible Image Rescaling", ECCV 2020, arXiv:2005.05650.
     """
 
-    def __init__(self, config: IRNConfig | None = None) -> None:
+    def __init__(self, config: IRNConfig | None = None, memory_saving: bool = False) -> None:
         super().__init__()
         cfg = IRNConfig() if config is None else config
         if not isinstance(cfg, IRNConfig):
@@ -185,7 +193,16 @@ class IRN(nn.Module):
                         clamp_tightness=cfg.clamp_tightness,
                     )
                 )
-        self.operations = FlowSequential(*layers)
+        self.operations = FlowSequential(*layers, memory_saving=memory_saving)
+
+    @property
+    def memory_saving(self) -> bool:
+        """Memory-saving backpropagation through ``forward`` and ``inverse`` (see the class)."""
+        return self.operations.memory_saving
+
+    @memory_saving.setter
+    def memory_saving(self, enabled: bool) -> None:
+        self.operations.memory_saving = bool(enabled)
 
     # -- shapes ---------------------------------------------------------------------------------
 
