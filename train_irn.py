@@ -300,6 +300,11 @@ def parse_args(argv: list[str] | None) -> tuple[IRNConfig, TrainConfig]:
         train_cfg = dataclass_from_args(TrainConfig, args)
     except ConfigError as err:
         parser.error(str(err))
+    if model_cfg.in_channels != 3:
+        parser.error(
+            f"--in-channels {model_cfg.in_channels}: train_irn.py trains on RGB images; only 3 "
+            "is supported"
+        )
     if train_cfg.patch_size % model_cfg.scale:
         parser.error(
             f"--patch-size {train_cfg.patch_size} must be a multiple of --scale {model_cfg.scale}"

@@ -182,6 +182,9 @@ def test_bad_input_gives_clear_errors(tmp_path, data, capsys):
         train_irn.main(["--patch-size", "30", "--iters", "1"])
     assert "--patch-size 30 must be a multiple of --scale 4" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        train_irn.main(["--in-channels", "1", "--iters", "1"])
+    assert "--in-channels 1: train_irn.py trains on RGB images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         train_irn.main(["--y-channel-usage", "2"])
     assert "--y-channel-usage" in capsys.readouterr().err
     bad = tmp_path / "bad"
