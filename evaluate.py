@@ -8,6 +8,16 @@ with ``scale`` pixels cropped, LR' against the bicubic LR; mean over ``--draws``
     python evaluate.py --method bicubic --scale 4                 # no --data: skimage photos
     python evaluate.py --checkpoint IRN_x4.pth --data DIV2K_valid_HR --jpeg-quality 90
     python evaluate.py --checkpoint IRN_x4.pth --data big/ --tile auto --memory-budget 2
+    python evaluate.py --checkpoint IRN_x4.pth --data Set5 --z zero          # mean upscaling
+    python evaluate.py --checkpoint IRN_x4.pth --data one/ --z-from other.png  # latent transfer
+    python evaluate.py --checkpoint IRN_x4.pth --data Set5 --lr-source bicubic  # SR of bicubic LR
+
+Latent options: ``--z sample`` (default, ``z ~ N(0, temperature^2)``, ``--draws`` samples),
+``--z zero`` (``z = 0``, the "mean" upscaling; the same as ``--temperature 0``; one draw),
+``--z-from IMAGE`` (the ``z`` of the HR image IMAGE, ``f(IMAGE)[:, 3:]``, upscales the LR of each
+evaluated image, whose LR must have the same size; one draw). ``--lr-source bicubic`` upscales
+the 8-bit MATLAB-bicubic LR of the HR instead of ``LR'`` (super-resolution with the IRN as
+trained; no ``LR'`` metrics).
 
 The checkpoint is this project's (``train_irn.py``) or the authors' released ``.pth``, detected
 automatically. Each ``--data`` folder is one dataset, searched recursively; a folder holding an
@@ -18,7 +28,8 @@ Rescaling one's own photos (any size; the LR is an 8-bit PNG, as a user would st
 
     python evaluate.py downscale photo.jpg photo_lr.png --checkpoint IRN_x4.pth
     python evaluate.py upscale photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --seed 1
-    python evaluate.py upscale photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --temperature 0
+    python evaluate.py upscale photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --z zero
+    python evaluate.py upscale photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --z-from photo.jpg
 
 A size that is not a multiple of the scale is reflect-padded at the bottom/right to the next
 multiple before downscaling (numpy ``"reflect"``: mirrored about the last row/column); the
@@ -51,6 +62,8 @@ from common.images import ImageReadError, load_image, save_image
 from common.metrics import modcrop, quantize_to_uint8, rgb_to_y
 from common.runtime import ProgressLogger, resolve_device, set_num_threads
 from irn.checkpoints import load_irn
+from irn.color import METRIC_KEYS as COLOR_METRIC_KEYS
+from irn.color import evaluate_color, is_color_checkpoint, load_color_checkpoint
 from irn.data import SAMPLE_VAL, NamedImage, load_folder, sample_photos
 from irn.evaluation import (
     HR_KEYS,
@@ -65,6 +78,7 @@ from irn.tiling import (
     DEFAULT_OVERLAP,
     choose_tile,
     downscale_tiled,
+    latent_tiled,
     pad_to_multiple,
     parse_tile,
     sample_z,
@@ -91,6 +105,49 @@ _BUDGET_HELP = "Memory budget in GB for --tile auto (whole-image buffers + one t
 _DEVICE_HELP = "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."
 _AMP_HELP = "Run the network under autocast (bf16 on CPU, fp16 on CUDA)."
 _THREADS_HELP = "torch CPU threads (none = torch's default)."
+_Z_HELP = (
+    "Latent z of the upscaling: 'sample' (z ~ N(0, temperature^2)) or 'zero' (z = 0, the 'mean' "
+    "upscaling; the same as --temperature 0; one draw, as every draw would be identical)."
+)
+_TEMPERATURE_HELP = "Standard deviation of a sampled z (gaussian_scale); 0 is --z zero."
+_Z_FROM_HELP = (
+    "Latent transfer: encode this HR image with the model and upscale with its z = "
+    "f(IMAGE)[:, 3:] instead of a sampled one (one draw). Its LR must have the size of the LR "
+    "being upscaled."
+)
+
+
+def _check_latent_fields(cfg: Any) -> None:
+    """Check ``--z``, ``--z-from`` and ``--temperature`` together. ``--z zero`` and
+    ``--temperature 0`` are one setting: either sets both (``z='zero'``, ``temperature=0``)."""
+    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
+        raise ConfigError(f"must be >= 0, got {cfg.temperature}", field="temperature")
+    if cfg.z_from is not None:
+        if cfg.z == "zero":
+            raise ConfigError(
+                "conflicts with --z zero (z is either 0 or transferred)", field="z_from"
+            )
+        if cfg.temperature != 1.0:
+            raise ConfigError(
+                f"{cfg.temperature} applies to a sampled z only, not to the --z-from latent",
+                field="temperature",
+            )
+        if not Path(cfg.z_from).is_file():
+            raise ConfigError(f"image file {cfg.z_from} does not exist", field="z_from")
+    if cfg.z == "zero":
+        if cfg.temperature not in (0.0, 1.0):
+            raise ConfigError(
+                f"{cfg.temperature} contradicts --z zero (z = 0 is temperature 0)",
+                field="temperature",
+            )
+        cfg.temperature = 0.0
+    elif cfg.temperature == 0:
+        cfg.z = "zero"
+
+
+def _z_source(cfg: Any) -> str:
+    """``"sample"``, ``"zero"`` or ``"transfer"`` (``--z-from``)."""
+    return "transfer" if cfg.z_from is not None else cfg.z
 
 
 def _check_tile_fields(cfg: Any) -> None:
@@ -137,13 +194,30 @@ class EvalConfig:
         },
     )
     draws: int = field(
-        default=5, metadata={"help": "Samples of z averaged per image (the paper: 5)."}
+        default=5,
+        metadata={
+            "help": "Samples of z averaged per image (the paper: 5); 1 with --z zero or --z-from "
+            "(z is fixed)."
+        },
     )
-    temperature: float = field(
-        default=1.0,
-        metadata={"help": "Standard deviation of z (gaussian_scale); 0 = mean upscaling, z = 0."},
-    )
+    temperature: float = field(default=1.0, metadata={"help": _TEMPERATURE_HELP})
     seed: int = field(default=0, metadata={"help": "Seed of the z generator (per image)."})
+    z: Literal["sample", "zero"] = field(default="sample", metadata={"help": _Z_HELP})
+    z_from: Path | None = field(
+        default=None,
+        metadata={
+            "help": _Z_FROM_HELP + " Modcropped like the evaluated images; every evaluated "
+            "image must have an LR of that size."
+        },
+    )
+    lr_source: Literal["irn", "bicubic"] = field(
+        default="irn",
+        metadata={
+            "help": "LR that is upscaled: 'irn' = LR' = Quant(f(HR)) (the protocol); 'bicubic' = "
+            "the 8-bit MATLAB-bicubic LR of the HR (super-resolution with the IRN as trained; "
+            "no LR' metrics)."
+        },
+    )
     jpeg_quality: int | None = field(
         default=None,
         metadata={"help": "JPEG-compress LR' at this quality (0-100) before upscaling."},
@@ -183,6 +257,9 @@ class EvalConfig:
                 "draws": 5,
                 "temperature": 1.0,
                 "seed": 0,
+                "z": "sample",
+                "z_from": None,
+                "lr_source": "irn",
                 "tile": None,
                 "amp": False,
             }
@@ -193,8 +270,7 @@ class EvalConfig:
             raise ConfigError(f"must be 2, 3, 4 or 8, got {self.scale}", field="scale")
         if self.draws < 1:
             raise ConfigError(f"must be >= 1, got {self.draws}", field="draws")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ConfigError(f"must be >= 0, got {self.temperature}", field="temperature")
+        _check_latent_fields(self)
         if self.jpeg_quality is not None and not 0 <= self.jpeg_quality <= 100:
             raise ConfigError(f"must be in 0..100, got {self.jpeg_quality}", field="jpeg_quality")
         if self.figure_crop < 16:
@@ -225,12 +301,18 @@ class DownscaleConfig:
 
 @configclass
 class UpscaleConfig(DownscaleConfig):
-    """Upscale an LR image (e.g. written by ``downscale``) with an IRN and a sampled z."""
+    """Upscale an LR image (e.g. from ``downscale``) with an IRN: z sampled, 0 or transferred."""
 
-    temperature: float = field(
-        default=1.0, metadata={"help": "Standard deviation of z; 0 = mean upscaling (z = 0)."}
-    )
+    temperature: float = field(default=1.0, metadata={"help": _TEMPERATURE_HELP})
     seed: int = field(default=0, metadata={"help": "Seed of the z generator."})
+    z: Literal["sample", "zero"] = field(default="sample", metadata={"help": _Z_HELP})
+    z_from: Path | None = field(
+        default=None,
+        metadata={
+            "help": _Z_FROM_HELP + " Here an HR image of size LR * scale (or the original photo "
+            "the LR was downscaled from: reflect-padded as downscale pads it)."
+        },
+    )
     output_size: str | None = field(
         default=None,
         metadata={
@@ -241,8 +323,7 @@ class UpscaleConfig(DownscaleConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ConfigError(f"must be >= 0, got {self.temperature}", field="temperature")
+        _check_latent_fields(self)
         if self.output_size is not None:
             try:
                 _parse_size(self.output_size)
@@ -283,7 +364,13 @@ def _load_model(parser: argparse.ArgumentParser, cfg: Any, device: torch.device)
     try:
         model, info = load_irn(cfg.checkpoint, map_location=device)
     except ValueError as err:
-        _fail(parser, f"--checkpoint: {err}")
+        message = str(err)
+        if is_color_checkpoint(cfg.checkpoint):
+            message = (
+                f"{cfg.checkpoint} is an IRN-Color checkpoint (train_irn.py --task color), not a "
+                f"rescaling IRN; evaluate it with: evaluate.py --checkpoint {cfg.checkpoint}"
+            )
+        _fail(parser, f"--checkpoint: {message}")
         raise  # unreachable
     if cfg.scale is not None and cfg.scale != model.scale:
         _fail(
@@ -571,6 +658,102 @@ def _min_side(scale: int) -> int:
     return side + (-side) % scale
 
 
+@dataclass
+class TransferredLatent:
+    """The latent of ``--z-from``: ``z = f(image)[:, 3:]`` of one HR image, for latent transfer."""
+
+    path: Path
+    size: tuple[int, int]  # (H, W) of the image as read
+    encoded: tuple[int, int]  # (H, W) encoded: modcropped (evaluation) or reflect-padded (upscale)
+    z: torch.Tensor  # [1, z_channels, H/s, W/s] float32, CPU
+    how: str = "modcropped"  # how ``size`` became ``encoded``
+
+    @property
+    def lr_hw(self) -> tuple[int, int]:
+        return int(self.z.shape[-2]), int(self.z.shape[-1])
+
+    def describe(self, scale: int) -> str:
+        (h, w), (he, we) = self.lr_hw, self.encoded
+        how = "" if self.encoded == self.size else f", {self.how} to {we}x{he}"
+        return f"{self.path} ({self.size[1]}x{self.size[0]} HR{how}; x{scale} LR {w}x{h})"
+
+
+def encode_z_from(
+    parser: argparse.ArgumentParser, cfg: Any, model: torch.nn.Module, pad: bool
+) -> TransferredLatent:
+    """Read ``cfg.z_from``, bring it to a multiple of the scale (``pad``: reflect-pad as
+    ``downscale`` does, else modcrop as the evaluation does) and encode it (tiled as ``--tile``
+    says, :func:`irn.tiling.latent_tiled`); errors name the flag and the file."""
+    path = Path(cfg.z_from)
+    try:
+        image = load_image(path)
+    except ImageReadError as err:
+        _fail(parser, f"--z-from: {err}")
+        raise  # unreachable
+    s = int(model.scale)
+    size = (int(image.shape[0]), int(image.shape[1]))
+    image = pad_to_multiple(image, s)[0] if pad else modcrop(image, s)
+    hw = (int(image.shape[0]), int(image.shape[1]))
+    if min(hw) < s:
+        _fail(parser, f"--z-from {path}: {size[1]}x{size[0]} is smaller than the scale {s}")
+    tile = _resolve_tile(parser, cfg, s, hw, model.config.gc)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    was_training = model.training
+    model.eval()
+    try:
+        z = latent_tiled(model, x, tile, cfg.tile_overlap, cfg.amp, _progress_printer("z-from"))
+    finally:
+        model.train(was_training)
+    return TransferredLatent(path, size, hw, z.cpu(), "reflect-padded" if pad else "modcropped")
+
+
+def _z_from_mismatch(latent: TransferredLatent, scale: int, what: str) -> str:
+    """The error for an LR whose size differs from the ``--z-from`` latent's; ``what`` names
+    that LR and gives its size."""
+    return (
+        f"--z-from {latent.describe(scale)}: its latent does not fit {what}; latent transfer "
+        "needs LR images of the same size"
+    )
+
+
+def _check_z_from_sizes(
+    parser: argparse.ArgumentParser,
+    latent: TransferredLatent,
+    datasets: Sequence[Dataset],
+    scale: int,
+) -> None:
+    """Fail before any work if an image to evaluate has an LR of another size than the
+    ``--z-from`` latent (sizes from the file headers; images too small to evaluate are left out,
+    as the evaluation skips them)."""
+    bad = []
+    for ds in datasets:
+        for item in ds.images:
+            h, w = item.size
+            if min(h - h % scale, w - w % scale) < _min_side(scale):
+                continue
+            if (h // scale, w // scale) != latent.lr_hw:
+                bad.append((item, h, w))
+    if bad:
+        item, h, w = bad[0]
+        where = (
+            f"{item.path or item.name} (--data; {w}x{h} HR), whose x{scale} LR is "
+            f"{w // scale}x{h // scale}"
+        )
+        more = f" ({len(bad) - 1} more image(s) differ too)" if len(bad) > 1 else ""
+        _fail(parser, _z_from_mismatch(latent, scale, where) + more)
+
+
+def _latent_note(cfg: Any, latent: TransferredLatent | None, scale: int) -> str:
+    """How z is chosen, for the header line."""
+    source = _z_source(cfg)
+    if source == "zero":
+        return "z = 0 (mean upscaling, = --temperature 0): 1 draw, as every draw is identical"
+    if source == "transfer":
+        assert latent is not None
+        return f"z transferred from --z-from {latent.describe(scale)}: 1 draw (z is fixed)"
+    return f"{cfg.draws} draw(s) of z ~ N(0, {cfg.temperature:g}^2), seed {cfg.seed}"
+
+
 def evaluate_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
@@ -580,6 +763,8 @@ def evaluate_main(argv: Sequence[str]) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     cfg, _ = parse_config_with_args(EvalConfig, argv, parser)
+    if cfg.method == "irn" and is_color_checkpoint(cfg.checkpoint):
+        return color_evaluate_main(parser, cfg, argv)  # IRN-Color: its own metrics and table
     started = time.perf_counter()
     out = sys.stdout
     if not cfg.data:
@@ -609,22 +794,34 @@ def evaluate_main(argv: Sequence[str]) -> int:
     for i, d in enumerate(datasets):  # two folders with the same name stay distinguishable
         if names.count(d.name) > 1:
             d.name = f"{d.name}#{i + 1}"
+    latent = None
+    if cfg.z_from is not None and model is not None:
+        latent = encode_z_from(parser, cfg, model, pad=False)
+        _check_z_from_sizes(parser, latent, datasets, scale)
 
     if model is None:
         what = f"Bicubic & Bicubic x{scale} (MATLAB-style imresize, float LR)"
     else:
         step = f", step {info['step']}" if info.get("step") is not None else ""
-        what = (
-            f"IRN x{scale} from {cfg.checkpoint} ({info['kind']} checkpoint{step}); "
-            f"{cfg.draws if cfg.temperature else 1} draw(s) of z, temperature "
-            f"{cfg.temperature}, seed {cfg.seed}"
-        )
+        what = f"IRN x{scale} from {cfg.checkpoint} ({info['kind']} checkpoint{step}); "
+        what += _latent_note(cfg, latent, scale)
+        if cfg.lr_source == "bicubic":
+            what += (
+                "; --lr-source bicubic: upscaling the 8-bit MATLAB-bicubic LR of each HR instead "
+                "of LR' (super-resolution)"
+            )
     if cfg.jpeg_quality is not None:
-        what += f"; LR' JPEG-compressed at quality {cfg.jpeg_quality}"
+        lr_name = "the bicubic LR" if cfg.lr_source == "bicubic" else "LR'"
+        what += f"; {lr_name} JPEG-compressed at quality {cfg.jpeg_quality}"
     print(f"{what}; device {device}{', amp' if cfg.amp else ''}", file=out)
+    lr_metrics = (
+        "no LR' metrics (the upscaled LR is the bicubic LR itself)"
+        if cfg.lr_source == "bicubic"
+        else "LR' vs bicubic LR (no crop)"
+    )
     print(
         f"Metrics: HR' vs HR (modcropped to a multiple of {scale}, {scale}px border cropped), "
-        "LR' vs bicubic LR (no crop); Y = BT.601 luma.",
+        f"{lr_metrics}; Y = BT.601 luma.",
         file=out,
     )
 
@@ -648,7 +845,16 @@ def evaluate_main(argv: Sequence[str]) -> int:
                     skipped.append({"name": item.name, "reason": reason})
                     bar.update()
                     continue
-                row = _evaluate_one(parser, cfg, model, hr, scale, gc, device, bar, item.name)
+                if latent is not None and (hc // scale, wc // scale) != latent.lr_hw:
+                    bar.close()
+                    where = (
+                        f"{item.path or item.name} (--data; {w0}x{h0} HR), whose x{scale} LR is "
+                        f"{wc // scale}x{hc // scale}"
+                    )
+                    _fail(parser, _z_from_mismatch(latent, scale, where))
+                row = _evaluate_one(
+                    parser, cfg, model, hr, scale, gc, device, bar, item.name, latent
+                )
                 row = {
                     "name": item.name,
                     "path": str(item.path) if item.path else None,
@@ -718,6 +924,19 @@ def evaluate_main(argv: Sequence[str]) -> int:
             protocol="SPEC sec. 4: modcrop; Y = BT.601; HR crop_border = scale; LR vs "
             "bicubic LR without crop; metrics averaged over draws",
         )
+        if model is not None:
+            fixed = _z_source(cfg) != "sample"
+            settings.update(
+                z_source=_z_source(cfg),
+                draws_per_image=1 if fixed else cfg.draws,
+                z_from_size=None if latent is None else list(latent.size),
+                z_from_lr_size=None if latent is None else list(latent.lr_hw),
+                lr_metrics=cfg.lr_source == "irn",
+            )
+            if cfg.lr_source == "bicubic":
+                settings["protocol"] += (
+                    "; --lr-source bicubic: HR' = f^-1(Quant(bicubic LR), z), no LR' metrics"
+                )
         document = {"settings": settings, "datasets": results, "seconds": elapsed}
         cfg.json.parent.mkdir(parents=True, exist_ok=True)
         cfg.json.write_text(json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n")
@@ -735,6 +954,7 @@ def _evaluate_one(
     device: torch.device,
     bar: ProgressLogger,
     name: str,
+    latent: TransferredLatent | None = None,
 ) -> dict:
     want_images = cfg.save_images is not None
     if model is None:
@@ -774,6 +994,8 @@ def _evaluate_one(
         tile=tile,
         tile_overlap=cfg.tile_overlap,
         progress=progress,
+        z=None if latent is None else latent.z,
+        lr_source=cfg.lr_source,
     )
     row["tile"] = tile
     return row
@@ -896,6 +1118,17 @@ def rescale_main(command: str, argv: Sequence[str]) -> int:
                 f"downscale to this {w_lr}x{h_lr} LR at x{s}"
             )
             target = None
+    latent = None
+    if cfg.z_from is not None:
+        latent = encode_z_from(parser, cfg, model, pad=True)
+        if latent.lr_hw != (h_lr, w_lr):
+            _fail(
+                parser,
+                _z_from_mismatch(latent, s, f"the {w_lr}x{h_lr} input LR {args.input}")
+                + f" (give an HR image of {w_lr * s}x{h_lr * s}, or one reflect-padded to it)",
+            )
+        if target is None and not cfg.output_size and latent.size != latent.encoded:
+            target = latent.size  # the --z-from photo is the original the LR was made from
     lr = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
     lr = lr.to(device)
     hw = full
@@ -903,8 +1136,13 @@ def rescale_main(command: str, argv: Sequence[str]) -> int:
     hint = _memory_hint(tile, hw, cfg.memory_budget, model.config.gc)
     if hint:
         print(hint)
-    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    z = sample_z(model, lr.shape, cfg.temperature, gen, lr.dtype, lr.device)
+    if latent is not None:
+        z = latent.z
+        z_note = f"z from {latent.describe(s)}"
+    else:
+        gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
+        z = sample_z(model, lr.shape, cfg.temperature, gen, lr.dtype, lr.device)
+        z_note = "z = 0" if cfg.z == "zero" else f"temperature {cfg.temperature}, seed {cfg.seed}"
     hr = upscale_tiled(
         model, lr, z, tile, cfg.tile_overlap, cfg.amp, True, _progress_printer("HR")
     )
@@ -914,10 +1152,213 @@ def rescale_main(command: str, argv: Sequence[str]) -> int:
         hr_u8 = hr_u8[: target[0], : target[1]]
     save_image(args.output, np.ascontiguousarray(hr_u8))
     print(
-        f"wrote {args.output}: {hr_u8.shape[1]}x{hr_u8.shape[0]} (x{s}, temperature "
-        f"{cfg.temperature}, seed {cfg.seed}, {_tile_note(tile, hw, s, cfg.tile_overlap)}) in "
-        f"{time.perf_counter() - start:.1f} s"
+        f"wrote {args.output}: {hr_u8.shape[1]}x{hr_u8.shape[0]} (x{s}, {z_note}, "
+        f"{_tile_note(tile, hw, s, cfg.tile_overlap)}) in {time.perf_counter() - start:.1f} s"
     )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# IRN-Color checkpoints (train_irn.py --task color): decolourisation and colour restoration
+# ---------------------------------------------------------------------------------------------
+
+# The EvalConfig fields that mean something for IRN-Color; any other flag must keep its default.
+_COLOR_FIELDS = frozenset(
+    {
+        "checkpoint",
+        "method",
+        "data",
+        "draws",
+        "temperature",
+        "seed",
+        "z",
+        "json",
+        "save_images",
+        "device",
+        "amp",
+        "threads",
+    }
+)
+
+_COLOR_COLUMNS = [
+    ("gray_psnr", "Gray:PSNR", "{:9.2f}"),
+    ("gray_ssim", "Gray:SSIM", "{:9.4f}"),
+    ("psnr_rgb", "PSNR-RGB", "{:8.2f}"),
+    ("ssim_rgb", "SSIM-RGB", "{:8.4f}"),
+    ("psnr_y", "PSNR-Y", "{:7.2f}"),
+    ("ssim_y", "SSIM-Y", "{:7.4f}"),
+    ("psnr_rgb_z0", "z=0:PSNR-RGB", "{:12.2f}"),
+    ("ssim_rgb_z0", "z=0:SSIM-RGB", "{:12.4f}"),
+    ("nocolor_psnr_rgb", "NoColour:PSNR-RGB", "{:17.2f}"),
+]
+
+
+def format_color_table(
+    title: str, rows: Sequence[tuple[str, str, dict]], first: str = "image", second: str = "size"
+) -> str:
+    """The IRN-Color metrics as a plain-text table of ``(name, size, metrics)`` rows."""
+    width = min(40, max([len(first), *(len(name) for name, _, _ in rows)]))
+    head = f"{first:<{width}} {second:>11}  " + "  ".join(t for _, t, _ in _COLOR_COLUMNS)
+    lines = [title, head, "-" * len(head)]
+    for name, size, row in rows:
+        shown = name if len(name) <= width else "..." + name[-(width - 3) :]
+        cells = "  ".join(fmt.format(row[key]) for key, _, fmt in _COLOR_COLUMNS)
+        lines.append(f"{shown:<{width}} {size:>11}  {cells}")
+    return "\n".join(lines)
+
+
+def _refuse_for_color(parser: argparse.ArgumentParser, cfg: EvalConfig) -> None:
+    """Flags of the rescaling evaluation would be silently ignored for IRN-Color: refuse them."""
+    import dataclasses
+
+    for f in dataclasses.fields(cfg):
+        if f.name in _COLOR_FIELDS:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if getattr(cfg, f.name) != default:
+            _fail(
+                parser,
+                f"--{f.name.replace('_', '-')}: does not apply to {cfg.checkpoint}, an IRN-Color "
+                "checkpoint (train_irn.py --task color: full-resolution decolourisation, no "
+                "scale, tiles, JPEG or LR)",
+            )
+
+
+def color_evaluate_main(
+    parser: argparse.ArgumentParser, cfg: EvalConfig, argv: Sequence[str]
+) -> int:
+    """``evaluate.py --checkpoint C`` for an IRN-Color checkpoint (:func:`irn.color.
+    evaluate_color`): gray' = Quant(f(x)[:, :1]) against the BT.601 luminance, and the colour
+    restored from gray' with ``--draws`` samples of z (and with z = 0), per image and mean."""
+    _refuse_for_color(parser, cfg)
+    started = time.perf_counter()
+    out = sys.stdout
+    device = _setup(parser, cfg)
+    try:
+        model, info = load_color_checkpoint(cfg.checkpoint, map_location=device)
+    except ValueError as err:
+        _fail(parser, f"--checkpoint: {err}")
+        raise  # unreachable
+    try:
+        if cfg.data:
+            datasets = [find_dataset(Path(d)) for d in cfg.data]
+        else:
+            print(
+                "No --data given: evaluating on the scikit-image validation photos "
+                f"({', '.join(SAMPLE_VAL)}).",
+                file=out,
+            )
+            datasets = [Dataset("skimage-val", None, [], sample_photos("val"))]
+    except (ValueError, OSError) as err:  # ImageReadError is a ValueError
+        _fail(parser, str(err))
+        raise  # unreachable
+    names = [d.name for d in datasets]
+    for i, d in enumerate(datasets):
+        if names.count(d.name) > 1:
+            d.name = f"{d.name}#{i + 1}"
+    step = f", step {info['step']}" if info.get("step") is not None else ""
+    draws = cfg.draws if cfg.temperature else 1
+    print(
+        f"IRN-Color from {cfg.checkpoint} (color checkpoint{step}); {draws} draw(s) of z, "
+        f"temperature {cfg.temperature}, seed {cfg.seed}; device {device}"
+        f"{', amp' if cfg.amp else ''}",
+        file=out,
+    )
+    print(
+        "Metrics (8-bit, no border crop): Gray = gray' vs the BT.601 luminance "
+        "0.299R+0.587G+0.114B; PSNR/SSIM-RGB and -Y = colour restored from gray' and z (mean "
+        "over draws); z=0 = restored with z = 0; NoColour = the luminance copied to R, G, B.",
+        file=out,
+    )
+    total = sum(len(d.images) for d in datasets)
+    results: list[dict] = []
+    with ProgressLogger(total, desc="images", log_every=1) as bar:
+        for ds in datasets:
+            rows: list[dict] = []
+            skipped: list[dict] = []
+            for item in ds.images:
+                try:
+                    img = item.load()
+                except ImageReadError as err:
+                    bar.close()
+                    _fail(parser, f"--data: {err}")
+                h, w = img.shape[:2]
+                if min(h, w) < 11:
+                    reason = f"{w}x{h} is smaller than the 11x11 SSIM window"
+                    bar.write(f"skipping {item.name}: {reason}")
+                    skipped.append({"name": item.name, "reason": reason})
+                    bar.update()
+                    continue
+                row = evaluate_color(
+                    model,
+                    [img],
+                    draws=cfg.draws,
+                    temperature=cfg.temperature,
+                    seed=cfg.seed,
+                    device=device,
+                    amp=cfg.amp,
+                    return_images=cfg.save_images is not None,
+                )[0]
+                row = {
+                    "name": item.name,
+                    "path": str(item.path) if item.path else None,
+                    "size": [h, w],
+                    **row,
+                }
+                if cfg.save_images is not None:
+                    stem = (
+                        cfg.save_images / _safe(ds.name) / Path(_safe(item.name)).with_suffix("")
+                    )
+                    gray_path = stem.with_name(stem.name + "_gray.png")
+                    color_path = stem.with_name(stem.name + "_color.png")
+                    save_image(gray_path, row["gray"])
+                    save_image(color_path, row["rgb_rec"])
+                    row["files"] = [str(gray_path), str(color_path)]
+                for key in ("gray", "rgb_rec", "rgb_rec_z0"):
+                    row.pop(key, None)
+                rows.append(row)
+                bar.set_postfix(psnr_rgb=row["psnr_rgb"])
+                bar.update()
+            mean = mean_metrics([{k: r[k] for k in COLOR_METRIC_KEYS} for r in rows])
+            mean["seconds"] = float(sum(r["seconds"] for r in rows))
+            results.append(
+                {
+                    "name": ds.name,
+                    "path": ds.path,
+                    "hr_folders": ds.folders,
+                    "num_images": len(rows),
+                    "mean": mean,
+                    "images": rows,
+                    "skipped": skipped,
+                }
+            )
+    for res in results:
+        table_rows = [(r["name"], f"{r['size'][1]}x{r['size'][0]}", r) for r in res["images"]]
+        if res["images"]:
+            table_rows.append((f"mean ({res['num_images']} images)", "", res["mean"]))
+        title = f"\n{res['name']}" + (f" ({res['path']})" if res["path"] else "")
+        print(format_color_table(title, table_rows), file=out)
+    elapsed = time.perf_counter() - started
+    print(f"\n{total} image(s) in {elapsed:.1f} s", file=out)
+    if cfg.json is not None:
+        settings = config_to_dict(cfg)
+        settings.update(
+            task="color",
+            checkpoint=str(cfg.checkpoint),
+            checkpoint_kind=info["kind"],
+            checkpoint_step=info.get("step"),
+            model_config=info["config"],
+            device=str(device),
+            torch_version=torch.__version__,
+            command=["evaluate.py", *argv],
+            protocol="IRN-Color: gray' = Quant(f(x)[:, :1]) vs uint8 BT.601 luminance "
+            "(0.299R+0.587G+0.114B); colour = f^-1(gray', z) vs x, uint8, no border crop, "
+            "Y = MATLAB BT.601; sampled metrics averaged over draws; z=0 metrics separately",
+        )
+        document = {"settings": settings, "datasets": results, "seconds": elapsed}
+        cfg.json.parent.mkdir(parents=True, exist_ok=True)
+        cfg.json.write_text(json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n")
+        print(f"wrote {cfg.json}", file=out)
     return 0
 
 

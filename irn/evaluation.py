@@ -12,6 +12,10 @@ For an HR image (RGB float in [0, 1]):
 Metrics are the mean over draws. The bicubic baseline downsamples and upsamples with the
 MATLAB-style bicubic.
 
+Two variations (``evaluate.py --z-from``, ``--lr-source bicubic``): a fixed ``z`` (taken from
+another HR image by :func:`irn.tiling.latent_tiled`, one draw) instead of a sampled one, and the
+8-bit bicubic LR of the HR upscaled in place of ``LR'`` (super-resolution; no ``LR'`` metrics).
+
 Large images (e.g. 5K photos) are handled in bounded memory: the network runs tile by tile when
 ``tile`` is given (:mod:`irn.tiling`), and above :data:`LOWMEM_PIXELS` HR pixels the metrics, the
 bicubic resizes and the uint8 conversions run over bands of rows (SSIM's bands overlap by the
@@ -247,6 +251,8 @@ def evaluate_rescaling(
     tile: int | None = None,
     tile_overlap: int = DEFAULT_OVERLAP,
     progress: Callable[[str, int, int], None] | None = None,
+    z: torch.Tensor | None = None,
+    lr_source: str = "irn",
 ) -> dict:
     """Rescale one HR image with an IRN and measure it as the paper does.
 
@@ -268,11 +274,24 @@ def evaluate_rescaling(
         tile_overlap: LR pixels of context on each side of a tile.
         progress: called as ``progress(stage, done, total)`` after each tile
             (``stage`` is ``"downscale"`` or ``"upscale k/n"``).
+        z: a fixed latent ``[1, z_channels, h, w]`` for the whole LR image instead of a sampled
+            one (latent transfer: ``z`` of another HR image, :func:`irn.tiling.latent_tiled`);
+            then one draw, and ``temperature`` must stay 1. Its size must match the LR's.
+        lr_source: ``"irn"`` upscales ``LR'`` (the protocol); ``"bicubic"`` upscales the 8-bit
+            MATLAB-bicubic LR of the HR instead (super-resolution with the non-retrained IRN,
+            the dissertation's SR approach #3, appendix A.2). ``LR'`` then does not exist, so the
+            ``lr_*`` metrics are None.
 
     Returns:
         ``{psnr_y, ssim_y, psnr_rgb, ssim_rgb, lr_psnr_y, ..., draws, draw_psnr_y, seconds}``:
         metrics are means over draws; ``draw_psnr_y`` lists each draw's PSNR-Y.
     """
+    if lr_source not in ("irn", "bicubic"):
+        raise ValueError(f"lr_source must be 'irn' or 'bicubic', got {lr_source!r}")
+    if z is not None and temperature != 1.0:
+        raise ValueError(
+            f"temperature={temperature} applies only to a sampled z, not to a given z"
+        )
     start = time.perf_counter()
     scale = int(model.scale)
     device = torch.device(device)
@@ -281,7 +300,13 @@ def evaluate_rescaling(
         hr = hr.astype(np.float32)
     # [1, 3, H, W] view of the HWC array: tiles are copied to the device one at a time.
     x = torch.from_numpy(hr).permute(2, 0, 1)[None]
-    n = 1 if temperature == 0 else int(draws)
+    n = 1 if temperature == 0 or z is not None else int(draws)
+    lr_hw = (hr.shape[0] // scale, hr.shape[1] // scale)
+    if z is not None and tuple(z.shape[-2:]) != lr_hw:
+        raise ValueError(
+            f"the given z is for a {z.shape[-1]}x{z.shape[-2]} LR, but this image's x{scale} LR "
+            f"is {lr_hw[1]}x{lr_hw[0]} (HR {hr.shape[1]}x{hr.shape[0]} after modcrop)"
+        )
 
     def report(stage: str) -> Callable[[int, int], None] | None:
         if progress is None:
@@ -291,21 +316,31 @@ def evaluate_rescaling(
     was_training = model.training
     model.eval()
     try:
-        lr_q = downscale_tiled(model, x, tile, tile_overlap, amp, report("downscale"))
-        if jpeg_quality is not None:
-            lr_q = jpeg_roundtrip(lr_q, int(jpeg_quality))
-        lr_u8 = _to_uint8_hwc(lr_q)
+        if lr_source == "bicubic":
+            # super-resolution: the stored (8-bit) bicubic LR takes the place of LR'
+            lr_u8 = _quantize_hwc(bicubic_resize(hr, scale, up=False))
+            if jpeg_quality is not None:
+                lr_u8 = jpeg_roundtrip(lr_u8, int(jpeg_quality))
+        else:
+            lr_q = downscale_tiled(model, x, tile, tile_overlap, amp, report("downscale"))
+            if jpeg_quality is not None:
+                lr_q = jpeg_roundtrip(lr_q, int(jpeg_quality))
+            lr_u8 = _to_uint8_hwc(lr_q)
         lr_q = torch.from_numpy(lr_u8.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
         lr_q = lr_q.to(device)
         hr_u8 = _quantize_hwc(hr)
         gen = torch.Generator(device=device).manual_seed(int(seed))
         rows, first = [], None
+        fixed = None if z is None else z.to(lr_q.device, lr_q.dtype)
         for k in range(n):
-            z = sample_z(model, lr_q.shape, temperature, gen, lr_q.dtype, lr_q.device)
+            if fixed is None:
+                z_k = sample_z(model, lr_q.shape, temperature, gen, lr_q.dtype, lr_q.device)
+            else:
+                z_k = fixed
             rec = upscale_tiled(
-                model, lr_q, z, tile, tile_overlap, amp, True, report(f"upscale {k + 1}/{n}")
+                model, lr_q, z_k, tile, tile_overlap, amp, True, report(f"upscale {k + 1}/{n}")
             )
-            del z
+            del z_k
             rec_u8 = rec[0].permute(1, 2, 0).cpu().numpy()
             first = rec_u8 if first is None else first
             rows.append(image_metrics_lowmem(hr_u8, rec_u8, crop_border=scale))
@@ -313,7 +348,10 @@ def evaluate_rescaling(
     finally:
         model.train(was_training)
     out: dict = mean_metrics(rows)
-    out.update(_lr_metrics(lr_u8, bicubic_resize(hr, scale, up=False)))
+    if lr_source == "bicubic":
+        out.update(dict.fromkeys(LR_KEYS))  # the upscaled LR is the bicubic LR: nothing to compare
+    else:
+        out.update(_lr_metrics(lr_u8, bicubic_resize(hr, scale, up=False)))
     out["draws"] = n
     out["draw_psnr_y"] = [r["psnr_y"] for r in rows]
     out["seconds"] = time.perf_counter() - start

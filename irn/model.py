@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from common.actnorm import ActNorm
 from common.coupling import EnhancedAffineCoupling, SubnetConstructor
 from common.downsampling import ConvDownsampling
 from common.haar import HaarDownsampling, haar_kernel
@@ -88,6 +89,14 @@ class IRNConfig:
     in_channels: int = field(
         default=3, metadata={"help": "Image channels (3 = RGB); also the coupling split."}
     )
+    actnorm: bool = field(
+        default=False,
+        metadata={
+            "help": "Dissertation option (appendix A.1): an ActNorm (Glow sec. 3.1, "
+            "data-dependent init on the first training batch) after each coupling. Off in the "
+            "authors' IRN."
+        },
+    )
 
     def __post_init__(self) -> None:
         def is_int(v: Any) -> bool:
@@ -116,6 +125,8 @@ class IRNConfig:
             raise ValueError(f"IRNConfig: gc must be an int >= 1, got {self.gc!r}")
         if self.init not in ("xavier", "kaiming"):
             raise ValueError(f"IRNConfig: init must be 'xavier' or 'kaiming', got {self.init!r}")
+        if not isinstance(self.actnorm, bool):
+            raise ValueError(f"IRNConfig: actnorm must be a bool, got {self.actnorm!r}")
         if not is_int(self.in_channels) or self.in_channels < 1:
             raise ValueError(
                 f"IRNConfig: in_channels must be an int >= 1, got {self.in_channels!r}"
@@ -150,6 +161,9 @@ class IRN(nn.Module):
     ``state_dict`` keys are the authors' ``operations.{i}.F.conv1.weight`` ... without their
     ``operations.{i}.haar_weights`` entries (our Haar transform is closed form; see
     :func:`to_authors_state_dict` / :func:`load_authors_checkpoint`).
+
+    ``IRNConfig(actnorm=True)`` (the dissertation's option, appendix A.1) adds a
+    :class:`~common.actnorm.ActNorm` after every coupling; such a model has no authors' layout.
 
     ``y, logdet = model(x)``: ``y`` is ``[B, C*scale^2, H/scale, W/scale]`` with ``y[:, :C]``
     the (unquantised) LR image and ``y[:, C:]`` the latent ``z``; ``logdet`` ``[B]`` is
@@ -193,6 +207,8 @@ class IRN(nn.Module):
                         clamp_tightness=cfg.clamp_tightness,
                     )
                 )
+                if cfg.actnorm:
+                    layers.append(ActNorm(channels))
         self.operations = FlowSequential(*layers, memory_saving=memory_saving)
 
     @property
@@ -358,6 +374,11 @@ def to_authors_state_dict(model: IRN) -> OrderedDict[str, torch.Tensor]:
         raise ValueError(
             "to_authors_state_dict: IRN(x3) uses a learnable ConvDownsampling; only the Haar "
             "models (x2, x4, x8) have the authors' checkpoint layout"
+        )
+    if cfg.actnorm:
+        raise ValueError(
+            "to_authors_state_dict: this model has ActNorm layers (actnorm=True), which the "
+            "authors' InvRescaleNet does not have"
         )
     if cfg.clamp != 1.0 or cfg.clamp_tightness != 1.0:
         raise ValueError(

@@ -29,6 +29,11 @@ and untiled upscalings therefore use the same ``z``, and differ only by the boun
 above. A full ``z`` costs ``4 * 3 * (s^2 - 1) / s^2`` bytes per HR pixel (under 12), the same as
 the float32 HR image itself.
 
+Latent transfer (``evaluate.py --z-from``) takes ``z = f(x)[:, C:]`` of another HR image ``x``
+instead of a sample: :func:`latent_tiled` computes that whole-image ``z`` with the same tiles and
+context as :func:`downscale_tiled`, and :func:`upscale_tiled` crops it per tile like a sampled
+one, so tiled latent transfer equals the untiled one up to the same boundary effects.
+
 Sizes that are not a multiple of the scale
 ------------------------------------------
 Evaluation follows the paper's protocol (crop to a multiple of the scale from the top-left,
@@ -63,6 +68,7 @@ __all__ = [
     "choose_tile",
     "downscale_tiled",
     "image_bytes_per_pixel",
+    "latent_tiled",
     "pad_to_multiple",
     "parse_tile",
     "sample_z",
@@ -173,6 +179,50 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _forward_tiled(
+    model: torch.nn.Module,
+    hr: torch.Tensor,
+    part: str,
+    tile: int | None,
+    overlap: int,
+    amp: bool,
+    progress: ProgressFn | None,
+) -> torch.Tensor:
+    """One part of ``f(hr)`` tile by tile: ``"lr"`` (quantised, ``model.downscale``) or ``"z"``
+    (``model.encode(hr)[1]``); see :func:`downscale_tiled` and :func:`latent_tiled`."""
+    name = "downscale_tiled" if part == "lr" else "latent_tiled"
+    s = int(model.scale)
+    tile = _check_tile(tile, s)
+    overlap = _check_overlap(overlap)
+    if hr.dim() != 4 or hr.shape[0] != 1:
+        raise ValueError(f"{name}: expected hr of shape [1, C, H, W], got {tuple(hr.shape)}")
+    _, c, height, width = hr.shape
+    if height % s or width % s:
+        raise ValueError(
+            f"{name}: HR size {height}x{width} is not a multiple of the scale {s}; "
+            "modcrop or pad_to_multiple first"
+        )
+    device = _model_device(model)
+    lr_shape = (1, c, height // s, width // s)
+    shape = lr_shape if part == "lr" else tuple(model.z_shape(lr_shape))
+    out = torch.empty(shape, dtype=torch.float32, device=hr.device)
+    boxes = list(tiles(height // s, width // s, None if tile is None else tile // s, overlap))
+    for done, (core, region) in enumerate(boxes, 1):
+        r0, r1, c0, c1 = region
+        x = hr[:, :, r0 * s : r1 * s, c0 * s : c1 * s].to(device, torch.float32).contiguous()
+        with autocast_context(device, amp):
+            y = model.downscale(x) if part == "lr" else model.encode(x)[1]
+        y = y.float()
+        t, b, left, right = core
+        out[:, :, t:b, left:right] = y[:, :, t - r0 : b - r0, left - c0 : right - c0].to(
+            out.device
+        )
+        del x, y
+        if progress is not None:
+            progress(done, len(boxes))
+    return out
+
+
 @torch.no_grad()
 def downscale_tiled(
     model: torch.nn.Module,
@@ -197,33 +247,29 @@ def downscale_tiled(
     Returns:
         float32 ``[1, C, H/s, W/s]`` on ``hr``'s device, values ``k / 255``.
     """
-    s = int(model.scale)
-    tile = _check_tile(tile, s)
-    overlap = _check_overlap(overlap)
-    if hr.dim() != 4 or hr.shape[0] != 1:
-        raise ValueError(f"downscale_tiled: expected hr of shape [1, C, H, W], got {hr.shape}")
-    _, c, height, width = hr.shape
-    if height % s or width % s:
-        raise ValueError(
-            f"downscale_tiled: HR size {height}x{width} is not a multiple of the scale {s}; "
-            "modcrop or pad_to_multiple first"
-        )
-    device = _model_device(model)
-    out = torch.empty(1, c, height // s, width // s, dtype=torch.float32, device=hr.device)
-    boxes = list(tiles(height // s, width // s, None if tile is None else tile // s, overlap))
-    for done, (core, region) in enumerate(boxes, 1):
-        r0, r1, c0, c1 = region
-        x = hr[:, :, r0 * s : r1 * s, c0 * s : c1 * s].to(device, torch.float32).contiguous()
-        with autocast_context(device, amp):
-            lr = model.downscale(x).float()
-        t, b, left, right = core
-        out[:, :, t:b, left:right] = lr[:, :, t - r0 : b - r0, left - c0 : right - c0].to(
-            out.device
-        )
-        del x, lr
-        if progress is not None:
-            progress(done, len(boxes))
-    return out
+    return _forward_tiled(model, hr, "lr", tile, overlap, amp, progress)
+
+
+@torch.no_grad()
+def latent_tiled(
+    model: torch.nn.Module,
+    hr: torch.Tensor,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    amp: bool = False,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """The latent ``z = f(hr)[:, C:]`` of an HR image, computed tile by tile (latent transfer).
+
+    The same tiles and context as :func:`downscale_tiled` (arguments as there), so a tiled ``z``
+    differs from the untiled one only by the boundary effects described in the module docstring.
+    The result is one whole-image latent: :func:`upscale_tiled` crops it per tile exactly as it
+    crops a sampled ``z``.
+
+    Returns:
+        float32 ``[1, C * (s^2 - 1), H/s, W/s]`` (``model.z_shape`` of the LR) on ``hr``'s device.
+    """
+    return _forward_tiled(model, hr, "z", tile, overlap, amp, progress)
 
 
 def sample_z(
