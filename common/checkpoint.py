@@ -55,6 +55,7 @@ __all__ = [
     "find_latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_weights_strict",
     "make_checkpoint",
     "prune_checkpoints",
     "resolve_resume",
@@ -261,6 +262,33 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod  # torch.compile's OptimizedModule
         else:
             return model
+
+
+def load_weights_strict(
+    model: torch.nn.Module, state: Any, name: str, what: str, map_location: Any = None
+) -> torch.nn.Module:
+    """Load ``state`` into ``model`` strictly, refusing non-finite weights; move it to
+    ``map_location`` (a device or its name; anything else leaves it where it is).
+
+    Raises:
+        CheckpointError: naming the file ``name`` and the model ``what`` when ``state`` is not a
+            state_dict, does not fit the architecture, or holds NaN or inf.
+    """
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{name}: no 'model' state_dict (found {type(state).__name__})")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:400]
+        raise CheckpointError(
+            f"{name}: the weights under 'model' do not fit {what}: {first}"
+        ) from None
+    bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{name}: weights containing NaN or inf: {bad[:5]}")
+    if isinstance(map_location, str | torch.device):
+        model.to(map_location)
+    return model
 
 
 _SAFE_LEAVES = (

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import CheckpointError, load_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
 from common.config import ConfigError, config_from_dict
 from irn.model import IRN, IRNConfig, load_authors_checkpoint
 
@@ -93,20 +93,9 @@ def _model_config(config: Mapping[str, Any], name: str) -> IRNConfig:
 def _load_ours(obj: Mapping[str, Any], name: str, map_location: Any) -> tuple[IRN, dict[str, Any]]:
     cfg = _model_config(obj["config"], name)
     state = obj["model"]
-    model = IRN(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = " ".join(str(err).split())[:400]
-        raise CheckpointError(
-            f"{name}: the weights under 'model' do not fit IRN({cfg}) built from its "
-            f"config: {first}"
-        ) from None
-    bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{name}: weights containing NaN or inf: {bad[:5]}")
-    if isinstance(map_location, (str, torch.device)):
-        model.to(map_location)
+    model = load_weights_strict(
+        IRN(cfg), state, name, f"IRN({cfg}) built from its config", map_location
+    )
     step = obj.get("step")
     info = {
         "kind": "ours",

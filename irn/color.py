@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.checkpoint import CheckpointError, load_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
 from common.config import ConfigError, config_from_dict
 from common.conv1x1 import InvConv1x1
 from common.coupling import EnhancedAffineCoupling
@@ -636,22 +636,9 @@ def load_color_checkpoint(
             f"{name}: config['model'] does not describe an IRNColor ({err}); stored: "
             f"{dict(stored)}"
         ) from None
-    state = obj.get("model")
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{name}: no 'model' state_dict")
-    model = IRNColor(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = " ".join(str(err).split())[:400]
-        raise CheckpointError(
-            f"{name}: the weights under 'model' do not fit IRNColor({cfg}): {first}"
-        ) from None
-    bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{name}: weights containing NaN or inf: {bad[:5]}")
-    if isinstance(map_location, (str, torch.device)):
-        model.to(map_location)
+    model = load_weights_strict(
+        IRNColor(cfg), obj.get("model"), name, f"IRNColor({cfg})", map_location
+    )
     step = obj.get("step")
     info = {
         "kind": "ours",

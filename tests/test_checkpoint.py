@@ -18,6 +18,7 @@ from common.checkpoint import (
     find_latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_weights_strict,
     make_checkpoint,
     prune_checkpoints,
     resolve_resume,
@@ -202,6 +203,24 @@ def test_restore_errors_are_checkpoint_errors(tmp_path):
     assert restore_checkpoint(path, model=model) == 5
     with pytest.raises(CheckpointError, match=r"w\.pt: weights do not fit Linear"):
         restore_checkpoint(path, model=torch.nn.Linear(3, 2))
+
+
+def test_load_weights_strict_names_the_file_and_refuses_bad_weights():
+    good = torch.nn.Linear(2, 2).state_dict()
+    model = load_weights_strict(torch.nn.Linear(2, 2), good, "a.pt", "Linear(2, 2)", "cpu")
+    assert torch.equal(model.weight, good["weight"])
+    with pytest.raises(
+        CheckpointError,
+        match=r"a\.pt: the weights under 'model' do not fit "
+        r"Linear\(3, 2\): .*size mismatch",
+    ):
+        load_weights_strict(torch.nn.Linear(3, 2), good, "a.pt", "Linear(3, 2)")
+    bad = {k: v.clone() for k, v in good.items()}
+    bad["bias"][1] = float("nan")
+    with pytest.raises(CheckpointError, match=r"a\.pt: weights containing NaN or inf: \['bias'\]"):
+        load_weights_strict(torch.nn.Linear(2, 2), bad, "a.pt", "Linear(2, 2)")
+    with pytest.raises(CheckpointError, match=r"a\.pt: no 'model' state_dict \(found list\)"):
+        load_weights_strict(torch.nn.Linear(2, 2), [1], "a.pt", "Linear(2, 2)")
 
 
 def test_unloadable_extra_is_rejected_at_save_time():
