@@ -32,10 +32,13 @@ Every flag is listed by ``python train_irn.py --help``; defaults are the paper's
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from common.actnorm import ActNorm
 from common.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -139,6 +143,16 @@ class TrainConfig:
     )
     patch_size: int = field(
         default=144, metadata={"help": "HR training patch side, a multiple of --scale."}
+    )
+    micro_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Gradient accumulation: run each process's batch in chunks of this many "
+            "samples, adding their gradients, then take one optimiser step. The update is the "
+            "whole batch's (same z' and JPEG draws; equal up to float round-off) with the "
+            "activation memory of one chunk, e.g. the paper's batch 16 on a small GPU. Must "
+            "divide the per-process batch; none = the whole batch at once."
+        },
     )
     lr: float = field(default=2e-4, metadata={"help": "Adam learning rate."})
     beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
@@ -316,6 +330,14 @@ class TrainConfig:
             ):
                 if getattr(self, name) != default:
                     raise ConfigError("applies to --task rescale only", field=name)
+        if self.micro_batch is not None:
+            if self.micro_batch < 1:
+                raise ConfigError(f"must be >= 1, got {self.micro_batch}", field="micro_batch")
+            if self.batch_size % self.micro_batch:
+                raise ConfigError(
+                    f"{self.micro_batch} must divide --batch-size {self.batch_size}",
+                    field="micro_batch",
+                )
         if self.loss_flip_period is not None and self.loss_flip_period < 1:
             raise ConfigError("must be >= 1 (or omitted: off)", field="loss_flip_period")
         if not self.loss_flip_scale > 0:
@@ -594,6 +616,106 @@ def backward_and_step(
     scaler.step(optimizer)
     scaler.update()
     return grad_norm
+
+
+def batch_losses(
+    model: torch.nn.Module,
+    hr: torch.Tensor,
+    lr_ref: torch.Tensor,
+    cfg: TrainConfig,
+    lambda_guide: float,
+    lambda_recon: float,
+    z_gen: torch.Generator,
+    jpeg_gen: np.random.Generator | None,
+    rows: slice,
+    offset: int,
+) -> dict[str, torch.Tensor]:
+    """The training objective of ``hr[rows]`` (rows ``offset ...`` of the global batch): IRN's
+    :func:`compute_losses`, or :func:`compute_color_losses` for ``--task color``."""
+    if cfg.task == "color":
+        return compute_color_losses(
+            model,
+            hr[rows],
+            cfg,
+            lambda_guide,
+            z_gen,
+            cfg.amp,
+            global_batch=cfg.batch_size,
+            batch_offset=offset,
+            lambda_recon=lambda_recon,
+        )
+    return compute_losses(
+        model,
+        hr[rows],
+        lr_ref[rows],
+        cfg,
+        lambda_guide,
+        z_gen,
+        cfg.amp,
+        jpeg_gen,
+        global_batch=cfg.batch_size,
+        batch_offset=offset,
+        lambda_recon=lambda_recon,
+    )
+
+
+def accumulate_chunks(
+    chunk_losses: Callable[[slice, int], dict[str, torch.Tensor]],
+    rows: int,
+    micro: int,
+    batch_offset: int,
+    backward: Callable[[torch.Tensor], None],
+    ddp_model: torch.nn.Module | None,
+    z_gen: torch.Generator,
+    jpeg_gen: np.random.Generator | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Gradient accumulation over ``rows // micro`` chunks of this process's batch
+    (``--micro-batch``).
+
+    ``chunk_losses(rows_slice, global_offset)`` gives the losses (means over the chunk) of one
+    chunk. Every chunk but the last is back-propagated here with weight ``micro / rows`` (under
+    DDP without the gradient all-reduce, ``no_sync``); the weighted total of the last chunk is
+    returned for the caller's ``backward_and_step`` (which all-reduces), with the batch's losses
+    (detached weighted sums: the means over the whole batch) for the non-finite check and the
+    logs. Before each chunk after the first, the generators are put back where they were, so
+    every chunk takes its rows of the step's single global draw of z' and JPEG qualities: the
+    result is the unchunked one. With one chunk this is exactly the unchunked computation.
+    """
+    chunks = rows // micro
+    weight = micro / rows
+    z_state = z_gen.get_state()
+    jpeg_state = None if jpeg_gen is None else jpeg_gen.bit_generator.state
+    reported: dict[str, torch.Tensor] = {}
+    total = None
+    for c in range(chunks):
+        if c:
+            z_gen.set_state(z_state)
+            if jpeg_gen is not None:
+                jpeg_gen.bit_generator.state = jpeg_state
+        losses = chunk_losses(slice(c * micro, (c + 1) * micro), batch_offset + c * micro)
+        if chunks == 1:
+            return losses["total"], {k: v.detach() for k, v in losses.items()}
+        for k, v in losses.items():
+            part = v.detach() * weight
+            reported[k] = part if k not in reported else reported[k] + part
+        total = losses["total"] * weight
+        if c < chunks - 1:
+            with ddp_model.no_sync() if ddp_model is not None else contextlib.nullcontext():
+                backward(total)
+    assert total is not None
+    return total, reported
+
+
+@torch.no_grad()
+def initialize_actnorms(
+    model: torch.nn.Module, hr: torch.Tensor, device: torch.device, amp: bool
+) -> None:
+    """Data-dependent ActNorm init (``--actnorm``) on the whole batch, not on the first chunk
+    of ``--micro-batch`` (a no-op when every ActNorm is initialised, or there is none)."""
+    norms = [m for m in unwrap(model).modules() if isinstance(m, ActNorm)]
+    if norms and not all(bool(m.initialized) for m in norms):
+        with autocast_context(device, amp):
+            unwrap(model)(hr)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -881,6 +1003,12 @@ def _train(
     workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
     sampler = StepSampler(cfg.batch_size, step, cfg.iters, rank=rank, world_size=world)
     batch_offset = rank * sampler.local_batch
+    micro = cfg.micro_batch or sampler.local_batch
+    if sampler.local_batch % micro:
+        raise SystemExit(
+            f"--micro-batch {micro} must divide the per-process batch {sampler.local_batch} "
+            f"(--batch-size {cfg.batch_size} over {world} processes)"
+        )
     loader = DataLoader(
         dataset,
         batch_size=sampler.local_batch,
@@ -905,7 +1033,8 @@ def _train(
         f"{title}: {sum(p.numel() for p in model.parameters()):,} parameters; device "
         f"{device}{' with AMP' if cfg.amp else ''}"
         f"{', memory-saving backprop' if cfg.memory_saving else ''}; {world} process(es); "
-        f"batch {cfg.batch_size}, "
+        f"batch {cfg.batch_size}"
+        f"{f' in chunks of {micro}' if micro < sampler.local_batch else ''}, "
         f"patch {cfg.patch_size}; iterations {step} -> {cfg.iters}; output {out_dir}"
     )
 
@@ -997,34 +1126,24 @@ def _train(
                 w_guide, w_recon = loss_weights(
                     step, lambda_guide, cfg.lambda_recon, cfg.loss_flip_period, cfg.loss_flip_scale
                 )
-                if color:
-                    losses = compute_color_losses(
-                        ddp_model,
-                        hr,
-                        cfg,
-                        w_guide,
-                        z_gen,
-                        cfg.amp,
-                        global_batch=cfg.batch_size,
-                        batch_offset=batch_offset,
-                        lambda_recon=w_recon,
-                    )
-                else:
-                    losses = compute_losses(
-                        ddp_model,
-                        hr,
-                        lr_ref,
-                        cfg,
-                        w_guide,
-                        z_gen,
-                        cfg.amp,
-                        jpeg_gen,
-                        global_batch=cfg.batch_size,
-                        batch_offset=batch_offset,
-                        lambda_recon=w_recon,
-                    )
+
                 optimizer.zero_grad(set_to_none=True)
-                reported = _global_losses(losses, world)
+                if micro < hr.shape[0]:
+                    initialize_actnorms(model, hr, device, cfg.amp)
+                chunk_losses = functools.partial(
+                    batch_losses, ddp_model, hr, lr_ref, cfg, w_guide, w_recon, z_gen, jpeg_gen
+                )
+                local_total, reported = accumulate_chunks(
+                    chunk_losses,
+                    hr.shape[0],
+                    micro,
+                    batch_offset,
+                    lambda total: scaler.scale(total).backward(),
+                    ddp_model if world > 1 else None,
+                    z_gen,
+                    jpeg_gen,
+                )
+                reported = _global_losses(reported, world)
                 if not guard.check(reported["total"], step=step):
                     tb.scalar("train/skipped_nonfinite", 1.0, step)
                     progress.write(f"[step {step}] non-finite loss; step skipped")
@@ -1032,7 +1151,7 @@ def _train(
                     scheduler.step()
                     progress.update(1)
                     continue
-                grad_norm = backward_and_step(losses["total"], ddp_model, optimizer, scaler, cfg)
+                grad_norm = backward_and_step(local_total, ddp_model, optimizer, scaler, cfg)
                 scheduler.step()
                 step += 1
                 steps_since += 1

@@ -70,9 +70,12 @@ def test_sample_z_takes_this_ranks_rows_of_the_global_draw():
         train_irn.sample_z((2, 2, 3, 3), gen, torch.device("cpu"), torch.float32, 4, 3)
 
 
-def test_two_processes_equal_one_and_resume(tmp_path):
+@pytest.mark.parametrize("micro", [[], ["--micro-batch", "1"]], ids=["whole", "micro-batch"])
+def test_two_processes_equal_one_and_resume(tmp_path, micro):
+    """With ``--micro-batch 1`` each rank accumulates its 2 rows in 2 chunks (the first under
+    ``no_sync``): still the single-process, unchunked run."""
     train_dir, _ = tiny_images(tmp_path)
-    argv = [*TINY, "--data", str(train_dir), "--out", str(tmp_path / "ddp")]
+    argv = [*TINY, *micro, "--data", str(train_dir), "--out", str(tmp_path / "ddp")]
     ctx = mp.get_context("spawn")
     ports = [_free_port(), _free_port()]
     procs = [
