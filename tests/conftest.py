@@ -18,6 +18,16 @@ if str(ROOT) not in sys.path:
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Every test starts on one thread (OpenMP spin-waiting on a shared 2-core machine costs more
+    than tiny tensors gain), whatever an earlier test's ``--threads`` set."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def double():
     """Run a test with float64 as torch's default dtype (layer maths is checked in float64)."""

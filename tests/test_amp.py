@@ -36,14 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAINED = ROOT / "runs" / "ref_x4" / "best.pt"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def photo(size: int = 192) -> torch.Tensor:
     """Centre ``size`` x ``size`` crop of chelsea, ``[1, 3, size, size]`` in [0, 1]."""
     skimage_data = pytest.importorskip("skimage.data")

@@ -15,14 +15,6 @@ from common.subnets import DenseBlock, set_dense_block_options
 from irn.model import IRN, IRNConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_parse_config():
     assert bench_irn.parse_config("baseline") == {
         "amp": False,

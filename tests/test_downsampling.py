@@ -13,15 +13,6 @@ from common.downsampling import ConvDownsampling, dct_basis
 from common.haar import HaarDownsampling
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_proofs_with_a_perturbed_matrix(double):
     layer = perturb_(ConvDownsampling(2), std=0.1)
     x = torch.randn(2, 2, 6, 6)

@@ -32,14 +32,6 @@ from irn.model import IRN, IRNConfig
 CONV = conv_subnet(hidden=6, zero_init=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def every_layer_flow(seed: int = 0) -> FlowSequential:
     """Fast-path couplings (enhanced, additive) and generic layers (the rest) mixed."""
     torch.manual_seed(seed)
