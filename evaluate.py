@@ -48,7 +48,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -754,6 +754,85 @@ def _latent_note(cfg: Any, latent: TransferredLatent | None, scale: int) -> str:
     return f"{cfg.draws} draw(s) of z ~ N(0, {cfg.temperature:g}^2), seed {cfg.seed}"
 
 
+def _datasets(parser: argparse.ArgumentParser, cfg: Any, out: Any) -> list[Dataset]:
+    """The ``--data`` folders as datasets (or the scikit-image validation photos, announced on
+    ``out``); two folders with the same name get ``#i`` suffixes so they stay apart."""
+    if not cfg.data:
+        print(
+            "No --data given: evaluating on the scikit-image validation photos "
+            f"({', '.join(SAMPLE_VAL)}).",
+            file=out,
+        )
+    try:
+        if cfg.data:
+            datasets = [find_dataset(Path(d)) for d in cfg.data]
+        else:
+            datasets = [Dataset("skimage-val", None, [], sample_photos("val"))]
+    except (ValueError, OSError) as err:  # ImageReadError is a ValueError
+        _fail(parser, str(err))
+        raise  # unreachable
+    names = [d.name for d in datasets]
+    for i, d in enumerate(datasets):
+        if names.count(d.name) > 1:
+            d.name = f"{d.name}#{i + 1}"
+    return datasets
+
+
+def _run_datasets(
+    parser: argparse.ArgumentParser,
+    datasets: Sequence[Dataset],
+    too_small: Callable[[np.ndarray], str | None],
+    evaluate_image: Callable[[Dataset, Any, np.ndarray, Any], dict],
+    dataset_mean: Callable[[Sequence[dict]], dict],
+    postfix: str,
+) -> list[dict]:
+    """Every image of every dataset: loaded (an unreadable file stops the run, naming it),
+    skipped with the reason ``too_small(image)`` gives (``None``: keep it), otherwise
+    ``evaluate_image(dataset, item, image, progress_bar) -> row``. Returns one entry per dataset
+    with its rows, ``dataset_mean(rows)`` and the skipped images."""
+    total = sum(len(d.images) for d in datasets)
+    results: list[dict] = []
+    with ProgressLogger(total, desc="images", log_every=1) as bar:
+        for ds in datasets:
+            rows: list[dict] = []
+            skipped: list[dict] = []
+            for item in ds.images:
+                try:
+                    image = item.load()
+                except ImageReadError as err:
+                    bar.close()
+                    _fail(parser, f"--data: {err}")
+                reason = too_small(image)
+                if reason is not None:
+                    bar.write(f"skipping {item.name}: {reason}")
+                    skipped.append({"name": item.name, "reason": reason})
+                else:
+                    row = evaluate_image(ds, item, image, bar)
+                    rows.append(row)
+                    bar.set_postfix(**{postfix: row[postfix]})
+                bar.update()
+                del image
+            results.append(
+                {
+                    "name": ds.name,
+                    "path": ds.path,
+                    "hr_folders": ds.folders,
+                    "num_images": len(rows),
+                    "mean": dataset_mean(rows),
+                    "images": rows,
+                    "skipped": skipped,
+                }
+            )
+    return results
+
+
+def _write_json(path: Path, settings: dict, results: list[dict], elapsed: float, out) -> None:
+    document = {"settings": settings, "datasets": results, "seconds": elapsed}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n")
+    print(f"wrote {path}", file=out)
+
+
 def evaluate_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
@@ -767,12 +846,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
         return color_evaluate_main(parser, cfg, argv)  # IRN-Color: its own metrics and table
     started = time.perf_counter()
     out = sys.stdout
-    if not cfg.data:
-        print(
-            "No --data given: evaluating on the scikit-image validation photos "
-            f"({', '.join(SAMPLE_VAL)}).",
-            file=out,
-        )
+    datasets = _datasets(parser, cfg, out)
     device = _setup(parser, cfg)
     model, info, gc = None, None, 32
     if cfg.method == "irn":
@@ -782,18 +856,6 @@ def evaluate_main(argv: Sequence[str]) -> int:
     explicit = parse_tile(cfg.tile)
     if isinstance(explicit, int) and explicit % scale:
         _fail(parser, f"--tile {explicit} must be a multiple of the scale {scale}")
-    try:
-        if cfg.data:
-            datasets = [find_dataset(Path(d)) for d in cfg.data]
-        else:
-            datasets = [Dataset("skimage-val", None, [], sample_photos("val"))]
-    except (ValueError, OSError) as err:  # ImageReadError is a ValueError
-        _fail(parser, str(err))
-        raise  # unreachable
-    names = [d.name for d in datasets]
-    for i, d in enumerate(datasets):  # two folders with the same name stay distinguishable
-        if names.count(d.name) > 1:
-            d.name = f"{d.name}#{i + 1}"
     latent = None
     if cfg.z_from is not None and model is not None:
         latent = encode_z_from(parser, cfg, model, pad=False)
@@ -825,75 +887,44 @@ def evaluate_main(argv: Sequence[str]) -> int:
         file=out,
     )
 
-    total = sum(len(d.images) for d in datasets)
-    results: list[dict] = []
-    with ProgressLogger(total, desc="images", log_every=1) as bar:
-        for ds in datasets:
-            rows: list[dict] = []
-            skipped: list[dict] = []
-            for item in ds.images:
-                try:
-                    hr = item.load()
-                except ImageReadError as err:
-                    bar.close()
-                    _fail(parser, f"--data: {err}")
-                h0, w0 = hr.shape[:2]
-                hc, wc = h0 - h0 % scale, w0 - w0 % scale
-                if min(hc, wc) < _min_side(scale):
-                    reason = f"{w0}x{h0} is too small for x{scale} (needs {_min_side(scale)}px)"
-                    bar.write(f"skipping {item.name}: {reason}")
-                    skipped.append({"name": item.name, "reason": reason})
-                    bar.update()
-                    continue
-                if latent is not None and (hc // scale, wc // scale) != latent.lr_hw:
-                    bar.close()
-                    where = (
-                        f"{item.path or item.name} (--data; {w0}x{h0} HR), whose x{scale} LR is "
-                        f"{wc // scale}x{hc // scale}"
-                    )
-                    _fail(parser, _z_from_mismatch(latent, scale, where))
-                row = _evaluate_one(
-                    parser, cfg, model, hr, scale, gc, device, bar, item.name, latent
-                )
-                row = {
-                    "name": item.name,
-                    "path": str(item.path) if item.path else None,
-                    "size": [h0, w0],
-                    "evaluated_size": [hc, wc],
-                    **row,
-                }
-                if cfg.save_images is not None:
-                    bic = None
-                    if model is not None:
-                        bic = bicubic_baseline(hr, scale)["psnr_y"]
-                    row["files"] = save_outputs(
-                        cfg.save_images,
-                        ds.name,
-                        item.name,
-                        hr,
-                        row,
-                        bic,
-                        cfg.method,
-                        scale,
-                        cfg.figure_crop,
-                    )
-                row.pop("lr", None)
-                row.pop("hr_rec", None)
-                rows.append(row)
-                bar.set_postfix(psnr_y=row["psnr_y"])
-                bar.update()
-                del hr
-            results.append(
-                {
-                    "name": ds.name,
-                    "path": ds.path,
-                    "hr_folders": ds.folders,
-                    "num_images": len(rows),
-                    "mean": _dataset_mean(rows),
-                    "images": rows,
-                    "skipped": skipped,
-                }
+    def too_small(hr: np.ndarray) -> str | None:
+        h0, w0 = hr.shape[:2]
+        if min(h0 - h0 % scale, w0 - w0 % scale) < _min_side(scale):
+            return f"{w0}x{h0} is too small for x{scale} (needs {_min_side(scale)}px)"
+        return None
+
+    def evaluate_image(ds: Dataset, item: Any, hr: np.ndarray, bar: Any) -> dict:
+        h0, w0 = hr.shape[:2]
+        hc, wc = h0 - h0 % scale, w0 - w0 % scale
+        if latent is not None and (hc // scale, wc // scale) != latent.lr_hw:
+            bar.close()
+            where = (
+                f"{item.path or item.name} (--data; {w0}x{h0} HR), whose x{scale} LR is "
+                f"{wc // scale}x{hc // scale}"
             )
+            _fail(parser, _z_from_mismatch(latent, scale, where))
+        row = _evaluate_one(parser, cfg, model, hr, scale, gc, device, bar, item.name, latent)
+        row = {
+            "name": item.name,
+            "path": str(item.path) if item.path else None,
+            "size": [h0, w0],
+            "evaluated_size": [hc, wc],
+            **row,
+        }
+        if cfg.save_images is not None:
+            bic = None if model is None else bicubic_baseline(hr, scale)["psnr_y"]
+            row["files"] = save_outputs(
+                cfg.save_images, ds.name, item.name, hr, row, bic, cfg.method, scale,
+                cfg.figure_crop,
+            )  # fmt: skip
+        row.pop("lr", None)
+        row.pop("hr_rec", None)
+        return row
+
+    total = sum(len(d.images) for d in datasets)
+    results = _run_datasets(
+        parser, datasets, too_small, evaluate_image, _dataset_mean, postfix="psnr_y"
+    )
 
     for res in results:
         table_rows = [
@@ -937,10 +968,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
                 settings["protocol"] += (
                     "; --lr-source bicubic: HR' = f^-1(Quant(bicubic LR), z), no LR' metrics"
                 )
-        document = {"settings": settings, "datasets": results, "seconds": elapsed}
-        cfg.json.parent.mkdir(parents=True, exist_ok=True)
-        cfg.json.write_text(json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {cfg.json}", file=out)
+        _write_json(cfg.json, settings, results, elapsed, out)
     return 0
 
 
@@ -1239,23 +1267,7 @@ def color_evaluate_main(
     except ValueError as err:
         _fail(parser, f"--checkpoint: {err}")
         raise  # unreachable
-    try:
-        if cfg.data:
-            datasets = [find_dataset(Path(d)) for d in cfg.data]
-        else:
-            print(
-                "No --data given: evaluating on the scikit-image validation photos "
-                f"({', '.join(SAMPLE_VAL)}).",
-                file=out,
-            )
-            datasets = [Dataset("skimage-val", None, [], sample_photos("val"))]
-    except (ValueError, OSError) as err:  # ImageReadError is a ValueError
-        _fail(parser, str(err))
-        raise  # unreachable
-    names = [d.name for d in datasets]
-    for i, d in enumerate(datasets):
-        if names.count(d.name) > 1:
-            d.name = f"{d.name}#{i + 1}"
+    datasets = _datasets(parser, cfg, out)
     step = f", step {info['step']}" if info.get("step") is not None else ""
     draws = cfg.draws if cfg.temperature else 1
     print(
@@ -1270,68 +1282,44 @@ def color_evaluate_main(
         "over draws); z=0 = restored with z = 0; NoColour = the luminance copied to R, G, B.",
         file=out,
     )
+
+    def too_small(img: np.ndarray) -> str | None:
+        h, w = img.shape[:2]
+        return f"{w}x{h} is smaller than the 11x11 SSIM window" if min(h, w) < 11 else None
+
+    def evaluate_image(ds: Dataset, item: Any, img: np.ndarray, bar: Any) -> dict:
+        row = evaluate_color(
+            model,
+            [img],
+            draws=cfg.draws,
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+            device=device,
+            amp=cfg.amp,
+            return_images=cfg.save_images is not None,
+        )[0]
+        row = {"name": item.name, "path": str(item.path) if item.path else None,
+               "size": list(img.shape[:2]), **row}  # fmt: skip
+        if cfg.save_images is not None:
+            stem = cfg.save_images / _safe(ds.name) / Path(_safe(item.name)).with_suffix("")
+            gray_path = stem.with_name(stem.name + "_gray.png")
+            color_path = stem.with_name(stem.name + "_color.png")
+            save_image(gray_path, row["gray"])
+            save_image(color_path, row["rgb_rec"])
+            row["files"] = [str(gray_path), str(color_path)]
+        for key in ("gray", "rgb_rec", "rgb_rec_z0"):
+            row.pop(key, None)
+        return row
+
+    def color_mean(rows: Sequence[dict]) -> dict:
+        mean = mean_metrics([{k: r[k] for k in COLOR_METRIC_KEYS} for r in rows])
+        mean["seconds"] = float(sum(r["seconds"] for r in rows))
+        return mean
+
     total = sum(len(d.images) for d in datasets)
-    results: list[dict] = []
-    with ProgressLogger(total, desc="images", log_every=1) as bar:
-        for ds in datasets:
-            rows: list[dict] = []
-            skipped: list[dict] = []
-            for item in ds.images:
-                try:
-                    img = item.load()
-                except ImageReadError as err:
-                    bar.close()
-                    _fail(parser, f"--data: {err}")
-                h, w = img.shape[:2]
-                if min(h, w) < 11:
-                    reason = f"{w}x{h} is smaller than the 11x11 SSIM window"
-                    bar.write(f"skipping {item.name}: {reason}")
-                    skipped.append({"name": item.name, "reason": reason})
-                    bar.update()
-                    continue
-                row = evaluate_color(
-                    model,
-                    [img],
-                    draws=cfg.draws,
-                    temperature=cfg.temperature,
-                    seed=cfg.seed,
-                    device=device,
-                    amp=cfg.amp,
-                    return_images=cfg.save_images is not None,
-                )[0]
-                row = {
-                    "name": item.name,
-                    "path": str(item.path) if item.path else None,
-                    "size": [h, w],
-                    **row,
-                }
-                if cfg.save_images is not None:
-                    stem = (
-                        cfg.save_images / _safe(ds.name) / Path(_safe(item.name)).with_suffix("")
-                    )
-                    gray_path = stem.with_name(stem.name + "_gray.png")
-                    color_path = stem.with_name(stem.name + "_color.png")
-                    save_image(gray_path, row["gray"])
-                    save_image(color_path, row["rgb_rec"])
-                    row["files"] = [str(gray_path), str(color_path)]
-                for key in ("gray", "rgb_rec", "rgb_rec_z0"):
-                    row.pop(key, None)
-                rows.append(row)
-                bar.set_postfix(psnr_rgb=row["psnr_rgb"])
-                bar.update()
-            mean = mean_metrics([{k: r[k] for k in COLOR_METRIC_KEYS} for r in rows])
-            mean["seconds"] = float(sum(r["seconds"] for r in rows))
-            results.append(
-                {
-                    "name": ds.name,
-                    "path": ds.path,
-                    "hr_folders": ds.folders,
-                    "num_images": len(rows),
-                    "mean": mean,
-                    "images": rows,
-                    "skipped": skipped,
-                }
-            )
+    results = _run_datasets(
+        parser, datasets, too_small, evaluate_image, color_mean, postfix="psnr_rgb"
+    )
     for res in results:
         table_rows = [(r["name"], f"{r['size'][1]}x{r['size'][0]}", r) for r in res["images"]]
         if res["images"]:
@@ -1355,10 +1343,7 @@ def color_evaluate_main(
             "(0.299R+0.587G+0.114B); colour = f^-1(gray', z) vs x, uint8, no border crop, "
             "Y = MATLAB BT.601; sampled metrics averaged over draws; z=0 metrics separately",
         )
-        document = {"settings": settings, "datasets": results, "seconds": elapsed}
-        cfg.json.parent.mkdir(parents=True, exist_ok=True)
-        cfg.json.write_text(json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {cfg.json}", file=out)
+        _write_json(cfg.json, settings, results, elapsed, out)
     return 0
 
 

@@ -306,3 +306,18 @@ def test_tile_auto_follows_the_memory_budget(ours_ckpt, photos, tmp_path, capsys
     rows = by_name(json.loads(out_json.read_text()))
     assert {r["tile"] for r in rows.values()} == {32}  # the minimum tile
     assert "a.png: 6 tiles of <= 32px, 64px HR context" in err
+
+
+def test_images_too_small_are_skipped_and_listed(ours_ckpt, photos, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    save_image(mixed / "ok.png", load_image(photos / "a.png"))
+    save_image(mixed / "tiny.png", np.zeros((5, 7, 3), np.uint8))
+    out_json = tmp_path / "mixed.json"
+    _, err = run(["--checkpoint", ours_ckpt, "--data", mixed, "--draws", "1", "--json", out_json],
+                 capsys)  # fmt: skip
+    assert "skipping tiny.png: 7x5 is too small for x4" in err
+    (ds,) = json.loads(out_json.read_text())["datasets"]
+    assert [r["name"] for r in ds["images"]] == ["ok.png"] and ds["num_images"] == 1
+    assert ds["skipped"] == [{"name": "tiny.png", "reason": ds["skipped"][0]["reason"]}]
+    assert ds["skipped"][0]["reason"].startswith("7x5 is too small for x4")
+    assert ds["mean"]["psnr_y"] == pytest.approx(ds["images"][0]["psnr_y"])
