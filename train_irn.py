@@ -509,7 +509,7 @@ def compute_losses(
     batch_offset: int = 0,
     lambda_recon: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The IRN objective of one batch (IRN eq. 4-9; SPEC sec. 3) and the dissertation's options.
+    """The IRN objective of one batch (IRN sec. 3.3; SPEC sec. 3) and the dissertation's options.
 
     ``(y, z) = f(x)``; ``L_guide`` on ``y`` (unquantised unless --quantize-guide-loss);
     ``y_q = Quant(y)`` (STE); ``x' = f^-1(y_q, z')`` with ``z' ~ N(0, gaussian_scale^2)``;

@@ -173,7 +173,7 @@ class AdditiveCoupling(CouplingBase):
 
 
 class EnhancedAffineCoupling(CouplingBase):
-    """IRN's enhanced affine coupling (IRN eq. 3, "InvBlockExp" in the authors' code).
+    """IRN's enhanced affine coupling (IRN sec. 3.2, Diss. eq. 2.22-2.23; authors' InvBlockExp).
 
     With ``x1`` the first ``split`` channels (the LR branch) and ``x2`` the rest::
 
@@ -186,8 +186,8 @@ class EnhancedAffineCoupling(CouplingBase):
     paper's and give the authors' checkpoint keys (``operations.i.F.conv1.weight``, ...).
     ``clamp_tightness`` is the dissertation's IRN-T option (1 = the authors' IRN).
 
-    Reference: Xiao et al., "Invertible Image Rescaling", ECCV 2020, arXiv:2005.05650, sec. 3.2,
-    eq. 3; clamp as in the authors' released code.
+    Reference: Xiao et al., "Invertible Image Rescaling", ECCV 2020, arXiv:2005.05650, sec. 3.2
+    (the invertible block); clamp as in the authors' released code.
     """
 
     def __init__(

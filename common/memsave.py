@@ -139,7 +139,7 @@ def _param_grads(layer: nn.Module, by_param: dict[int, torch.Tensor | None]) -> 
 
 
 def _enhanced_forward_step(layer, y, grad_y, grad_logdet, need_input_grad) -> StepResult:
-    """Backward step of ``y = f(x)`` for :class:`EnhancedAffineCoupling` (IRN eq. 3).
+    """Backward step of ``y = f(x)`` for :class:`EnhancedAffineCoupling` (Diss. eq. 2.22-2.23).
 
     ``y1 = x1 + F(x2)``, ``s = clamp(H(y1))``, ``y2 = x2 * exp(s) + G(y1)``, ``ld = sum s``.
     From the output: ``G(y1)`` and ``s`` are evaluated once with a graph on ``y1``, giving

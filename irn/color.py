@@ -189,7 +189,7 @@ class IRNColor(nn.Module):
     Structure (IJCV 2023, arXiv:2210.04188, decolorization; the authors' ``InvGreyNet``)::
 
         y = (c_K o ... o c_1 o T)(x)        T: invertible 1x1 colour transform, W = RGB->YUV
-                                            c_k: IRN's enhanced affine coupling (IRN eq. 3),
+                                            c_k: IRN's enhanced affine coupling (IRN sec. 3.2),
                                                  split 1 / 2 (the first channel = the gray branch)
         gray = y[:, :1],  z = y[:, 1:]      log|det df/dx| = H W log|det W| + sum_k sum(s_k)
 
@@ -354,7 +354,7 @@ def color_losses(
     quantize_recon_loss: bool = False,
     amp: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """IRN's objective for decolourisation (IRN eq. 4-9, SPEC sec. 3; IJCV IRN-Color).
+    """IRN's objective for decolourisation (IRN sec. 3.3, SPEC sec. 3; IJCV IRN-Color).
 
     ``(gray, z_f) = f(x)``;
     ``L_guide = mean_b sum rho_g(gray - luminance_reference(x))`` on the unquantised gray

@@ -1,11 +1,13 @@
-"""IRN's training objective (IRN eq. 5-9; SPEC sec. 3) and the dissertation's loss options.
+"""IRN's training objective (IRN sec. 3.3, Diss. table 2.1; SPEC sec. 3) and the dissertation's
+loss options.
 
 All losses are sums over pixels (and channels) averaged over the batch, as the authors' code
 (``reduction="sum"`` divided by the batch size):
 
-* guidance ``L_guide = mean_b sum (y - LR_bicubic)^2`` (L2; IRN eq. 5, "LR guidance");
-* reconstruction ``L_recon = mean_b sum sqrt((x' - x)^2 + eps)`` (Charbonnier-L1; IRN eq. 4);
-* distribution matching ``L_distr = mean_b sum z^2`` (IRN eq. 8, the practical surrogate
+* guidance ``L_guide = mean_b sum (y - LR_bicubic)^2`` (L2; IRN sec. 3.3, "LR guidance");
+* reconstruction ``L_recon = mean_b sum sqrt((x' - x)^2 + eps)`` (Charbonnier-L1;
+  IRN sec. 3.3, "HR reconstruction");
+* distribution matching ``L_distr = mean_b sum z^2`` (IRN sec. 3.3, the practical surrogate
   ``-log N(z; 0, I)`` up to a constant).
 
 ``y_channel_usage = u`` (the dissertation's IRN-Y, appendix A.1) replaces a loss by

@@ -151,7 +151,7 @@ class IRN(nn.Module):
 
     * x2, x4, x8: ``log2(scale)`` levels, each a :class:`~common.haar.HaarDownsampling`
       (``C_l -> 4 C_l`` channels, half the size) followed by ``blocks_per_level``
-      :class:`~common.coupling.EnhancedAffineCoupling` layers (IRN eq. 3) splitting the channels
+      :class:`~common.coupling.EnhancedAffineCoupling` layers (IRN sec. 3.2) splitting the channels
       into the first ``C`` (the LR branch) and the rest.
     * x3 (IJCV 2022, arXiv:2210.04188): one learnable
       :class:`~common.downsampling.ConvDownsampling` (``C -> 9 C`` channels, a third of the size)
