@@ -45,7 +45,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from common.actnorm import ActNorm
 from common.checkpoint import (
@@ -98,6 +97,7 @@ from irn.data import (
     StepSampler,
     describe,
     load_folder,
+    make_loader,
     sample_photos,
     validation_pairs,
 )
@@ -1009,15 +1009,7 @@ def _train(
             f"--micro-batch {micro} must divide the per-process batch {sampler.local_batch} "
             f"(--batch-size {cfg.batch_size} over {world} processes)"
         )
-    loader = DataLoader(
-        dataset,
-        batch_size=sampler.local_batch,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
-    )
+    loader = make_loader(dataset, sampler, workers, device.type == "cuda", cfg.seed)
 
     tb = TensorBoardLogger(cfg.logdir or out_dir / "tb", enabled=cfg.tensorboard and main_proc)
     tb.text("config", config_to_text(cfg) + "\n\n" + config_to_text(model_cfg), step)

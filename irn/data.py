@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.images import ImageReadError, list_images, load_image
 from common.imresize import imresize
@@ -47,6 +47,7 @@ __all__ = [
     "PatchDataset",
     "StepSampler",
     "augment",
+    "make_loader",
 ]
 
 LR_MARGIN = 3
@@ -286,6 +287,27 @@ class StepSampler(Sampler[int]):
         if self.total_steps is None:
             return 2**62
         return max(0, self.total_steps - self.start_step) * self.local_batch
+
+
+def make_loader(
+    dataset: PatchDataset,
+    sampler: StepSampler,
+    workers: int,
+    pin_memory: bool = False,
+    seed: int = 10,
+) -> DataLoader:
+    """The training loader: ``sampler``'s global sample numbers, batched by its per-process
+    batch, decoded and cropped by ``workers`` processes (0 = in the training process). Its own
+    seeded generator keeps the global RNG untouched (the samples do not use it anyway)."""
+    return DataLoader(
+        dataset,
+        batch_size=sampler.local_batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def validation_pairs(images: Sequence[NamedImage], scale: int) -> list[dict]:

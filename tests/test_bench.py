@@ -133,3 +133,22 @@ def test_train_flag_channels_last(tmp_path):
     assert all(b.channels_last for b in blocks_on) and not any(b.channels_last for b in blocks_off)
     for a, b in zip(on["history"], off["history"], strict=True):
         assert a["total"] == pytest.approx(b["total"], rel=1e-5)
+
+
+def test_bench_loader_tiny(tmp_path, capsys):
+    from bench import bench_loader
+
+    out = bench_loader.main(
+        ["--images", "2", "--image-size", "96", "80", "--patch-size", "32", "--batch-size", "2",
+         "--workers", "0", "--batches", "2", "--configs", "fp32", "--json",
+         str(tmp_path / "l.json")]
+    )  # fmt: skip
+    whats = [r["what"] for r in out["rows"]]
+    assert whats == ["loader, disk, 0 workers", "loader, memory, 0 workers", "training step, fp32"]
+    assert all(r["samples_per_s"] > 0 for r in out["rows"])
+    assert out["rows"][0]["times_the_step"] > 0
+    assert json.loads((tmp_path / "l.json").read_text())["rows"] == out["rows"]
+    assert "samples/s" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_loader.main(["--data", str(tmp_path / "nope")])
+    assert "--data: " in capsys.readouterr().err
