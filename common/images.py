@@ -23,6 +23,8 @@ from common.metrics import quantize_to_uint8
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "decode_image",
+    "to_float01",
     "load_image",
     "load_image_tensor",
     "save_image",
@@ -42,13 +44,13 @@ class ImageReadError(ValueError):
 _EXPECTED = "an 8/16-bit PNG, JPEG, BMP, TIFF or WEBP image (gray, RGB or RGBA)"
 
 
-def load_image(path: PathLike) -> np.ndarray:
-    """Read an image file as float32 RGB ``[H, W, 3]`` in [0, 1].
+def decode_image(path: PathLike) -> np.ndarray:
+    """Read an image file as RGB ``[H, W, 3]`` in its stored sample type (uint8, uint16 or
+    float32): what an in-memory training cache keeps (an 8-bit photo takes 3 bytes a pixel
+    instead of float32's 12). :func:`to_float01` gives the values :func:`load_image` returns.
 
-    - uint8 files are divided by 255, uint16 files by 65535 (16-bit precision is kept exactly:
-      float32 represents every ``k / 65535``); float TIFFs are returned as stored (assumed [0, 1]).
-    - grayscale is replicated to 3 channels; palette images are expanded to their colours;
-      an alpha channel is dropped with a ``UserWarning`` naming the file (no compositing).
+    Grayscale is replicated to 3 channels; palette images are expanded to their colours; an
+    alpha channel is dropped with a ``UserWarning`` naming the file (no compositing).
 
     Raises:
         ImageReadError: missing, unreadable, empty, corrupt or unsupported file.
@@ -67,30 +69,50 @@ def load_image(path: PathLike) -> np.ndarray:
         raise ImageReadError(f"could not decode '{path}' ({exc}); expected {_EXPECTED}") from exc
     if img is None:
         raise ImageReadError(f"could not decode '{path}': corrupt or not {_EXPECTED}")
-
-    if img.dtype == np.uint8:
-        out = img.astype(np.float32) / np.float32(255.0)
-    elif img.dtype == np.uint16:
-        out = img.astype(np.float32) / np.float32(65535.0)
-    elif img.dtype in (np.float32, np.float64):
-        out = img.astype(np.float32)
-    else:
+    if img.dtype == np.float64:
+        img = img.astype(np.float32)
+    if img.dtype not in (np.uint8, np.uint16, np.float32):
         raise ImageReadError(
             f"'{path}' has unsupported sample type {img.dtype}; expected {_EXPECTED}"
         )
-
-    if out.ndim == 3 and out.shape[2] == 1:
-        out = out[:, :, 0]
-    if out.ndim == 2:
-        return np.repeat(out[:, :, None], 3, axis=2)
-    if out.ndim != 3 or out.shape[2] not in (2, 3, 4):
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (2, 3, 4):
         raise ImageReadError(f"'{path}' has unsupported shape {img.shape}; expected {_EXPECTED}")
-    channels = out.shape[2]
+    channels = img.shape[2]
     if channels in (2, 4):
         warnings.warn(f"dropping the alpha channel of '{path}'", UserWarning, stacklevel=2)
     if channels == 2:  # gray + alpha
-        return np.repeat(out[:, :, :1], 3, axis=2)
-    return np.ascontiguousarray(out[:, :, 2::-1])  # BGR(A) -> RGB
+        return np.repeat(img[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, 2::-1])  # BGR(A) -> RGB
+
+
+def to_float01(img: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1] of a decoded image or a crop of one: uint8 / 255, uint16 / 65535 (every
+    16-bit level is exact in float32), float32 as stored (assumed [0, 1]; a copy)."""
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / np.float32(255.0)
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / np.float32(65535.0)
+    if img.dtype in (np.float32, np.float64):
+        return img.astype(np.float32)
+    raise TypeError(f"to_float01: unsupported sample type {img.dtype}")
+
+
+def load_image(path: PathLike) -> np.ndarray:
+    """Read an image file as float32 RGB ``[H, W, 3]`` in [0, 1].
+
+    - uint8 files are divided by 255, uint16 files by 65535 (16-bit precision is kept exactly:
+      float32 represents every ``k / 65535``); float TIFFs are returned as stored (assumed [0, 1]).
+    - grayscale is replicated to 3 channels; palette images are expanded to their colours;
+      an alpha channel is dropped with a ``UserWarning`` naming the file (no compositing).
+
+    Raises:
+        ImageReadError: missing, unreadable, empty, corrupt or unsupported file.
+    """
+    return to_float01(decode_image(path))
 
 
 def load_image_tensor(path: PathLike) -> torch.Tensor:

@@ -7,11 +7,11 @@ gives the same batches as the uninterrupted run, with any number of loader worke
 ``torch.distributed``, any split of the global batch over ranks.
 
 The LR reference of a patch is what downscaling the *whole* image with the MATLAB-style bicubic
-would give at that crop (the authors resize the cropped patch instead, which differs near the
-patch edges). We crop the HR with a margin of :data:`LR_MARGIN` LR pixels on every side (less at
-the image border, where the full-image resize mirrors too), resize that region and keep the
-interior. The bicubic kernel reaches 2 LR pixels, so 3 are enough; ``tests/test_irn_data.py``
-checks equality with the full-image resize.
+would give at that crop, without resizing the whole image for every patch. We crop the HR with
+a margin of :data:`LR_MARGIN` LR pixels on every side (less at the image border, where the
+full-image resize mirrors too), resize that region and keep the interior. The bicubic kernel
+reaches 2 LR pixels, so 3 are enough; ``tests/test_irn_data.py`` checks equality with the
+full-image resize.
 
 Rules for awkward images (each gives a warning naming the file):
 * grayscale is replicated to RGB, 16-bit keeps its precision, RGBA drops alpha (``load_image``);
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common.images import ImageReadError, list_images, load_image
+from common.images import ImageReadError, decode_image, list_images, to_float01
 from common.imresize import imresize
 from common.metrics import modcrop
 
@@ -65,8 +65,9 @@ SAMPLE_VAL = ("chelsea", "stereo_motorcycle_right")
 
 @dataclass
 class NamedImage:
-    """An image and where it came from: decoded (``image``, RGB float32 HWC in [0, 1]) or a file
-    still to be read (``path``), with its ``(height, width)``."""
+    """An image and where it came from: decoded (``image``, RGB HWC, float32 in [0, 1] or the
+    file's own uint8/uint16 samples, as the in-memory cache keeps them) or a file still to be
+    read (``path``), with its ``(height, width)``."""
 
     name: str
     image: np.ndarray | None = None
@@ -77,8 +78,13 @@ class NamedImage:
         if self.image is not None:
             self.size = (int(self.image.shape[0]), int(self.image.shape[1]))
 
+    def raw(self) -> np.ndarray:
+        """The image in its stored sample type (no conversion, no copy when cached)."""
+        return self.image if self.image is not None else decode_image(self.path)
+
     def load(self) -> np.ndarray:
-        return self.image if self.image is not None else load_image(self.path)
+        """The image as float32 RGB in [0, 1]."""
+        return to_float01(self.raw())
 
 
 def _skimage_photo(name: str) -> np.ndarray:
@@ -135,13 +141,16 @@ def load_folder(root: str | Path, what: str = "--data", decode: bool = False) ->
             f"{what}: no images found under {root} "
             "(looked for png, jpg, jpeg, bmp, tif, tiff, webp)"
         )
-    if decode:
-        return [NamedImage(str(p), image=load_image(p)) for p in paths]
+    if decode:  # the file's own samples (uint8: 3 bytes a pixel), converted per patch
+        return [NamedImage(str(p), image=decode_image(p)) for p in paths]
     return [NamedImage(str(p), path=p, size=_image_size(p)) for p in paths]
 
 
 def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """MATLAB-style bicubic downscale (with antialiasing) of a modcropped HWC image."""
+    """MATLAB-style bicubic downscale (with antialiasing) of a modcropped HWC image (float in
+    [0, 1], or uint8/uint16 samples, converted first as :func:`~common.images.to_float01`)."""
+    if hr.dtype in (np.uint8, np.uint16):
+        hr = to_float01(hr)
     return imresize(hr, scale=1.0 / scale, antialiasing=True).astype(np.float32)
 
 
@@ -236,12 +245,13 @@ class PatchDataset(Dataset):
         return int(perm[pos])
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        img = modcrop(self.images[self._image_index(k)].load(), self.scale)
+        # the stored samples: only the patch and its LR region are converted to float
+        img = modcrop(self.images[self._image_index(k)].raw(), self.scale)
         rng = np.random.default_rng([self.seed, 2, k])
         s, p = self.scale, self.patch_size
         top = int(rng.integers(0, (img.shape[0] - p) // s + 1)) * s
         left = int(rng.integers(0, (img.shape[1] - p) // s + 1)) * s
-        hr = img[top : top + p, left : left + p]
+        hr = to_float01(img[top : top + p, left : left + p])
         lr = lr_patch_from_region(img, top, left, p, s)
         if self.augment:
             flags = tuple(bool(b) for b in rng.integers(0, 2, size=3))
@@ -322,12 +332,12 @@ def validation_pairs(images: Sequence[NamedImage], scale: int) -> list[dict]:
 
 
 def memory_bytes(images: Sequence[NamedImage]) -> int:
-    """Bytes the images take decoded as float32 RGB (what an in-memory cache costs)."""
-    return int(sum(h * w * 3 * 4 for h, w in (i.size for i in images)))
+    """Bytes the images take decoded as 8-bit RGB, what the in-memory cache costs (16-bit files
+    take twice that)."""
+    return int(sum(h * w * 3 for h, w in (i.size for i in images)))
 
 
 def describe(images: Sequence[NamedImage]) -> str:
     sizes = [f"{w}x{h}" for h, w in (i.size for i in images)]
     more = "..." if len(sizes) > 4 else ""
-    mib = memory_bytes(images) / 2**20
-    return f"{len(images)} images ({', '.join(sizes[:4])}{more}; {mib:.0f} MiB decoded)"
+    return f"{len(images)} images ({', '.join(sizes[:4])}{more})"

@@ -205,3 +205,22 @@ def test_list_images_follows_links_without_looping(tmp_path):
     root.mkdir()
     os.symlink(data, root / "linked")
     assert list_images(root) == [root / "linked" / "sub" / "i.png"]
+
+
+def test_decode_image_keeps_the_stored_samples_and_to_float01_gives_load_image(tmp_path):
+    from common.images import decode_image, to_float01
+
+    rng = np.random.default_rng(2)
+    rgb8 = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    rgb16 = rng.integers(0, 65536, (7, 5, 3), dtype=np.uint16)
+    gray8 = rng.integers(0, 256, (7, 5), dtype=np.uint8)
+    for name, arr in (("a.png", rgb8), ("b.png", rgb16), ("c.png", gray8)):
+        path = tmp_path / name
+        assert cv2.imwrite(str(path), arr[..., ::-1] if arr.ndim == 3 else arr)
+        raw = decode_image(path)
+        assert raw.dtype == arr.dtype and raw.shape == (7, 5, 3)
+        expected = arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=2)
+        np.testing.assert_array_equal(raw, expected)  # RGB order, no conversion
+        np.testing.assert_array_equal(to_float01(raw), load_image(path))
+    with pytest.raises(TypeError, match="int32"):
+        to_float01(np.zeros((2, 2, 3), np.int32))

@@ -10,6 +10,7 @@ from irn.data import (
     bicubic_lr,
     load_folder,
     lr_patch_from_region,
+    memory_bytes,
     modcrop,
     sample_photos,
 )
@@ -113,6 +114,31 @@ def test_folder_reads_nested_images_lazily(tmp_path):
     assert all(i.image is None for i in items)
     ds = PatchDataset(items, patch_size=32, scale=4)
     assert ds[0]["hr"].shape == (3, 32, 32)
+
+
+def test_cached_8bit_images_give_the_same_patches_as_decoding_per_patch(tmp_path):
+    """--cache keeps the file's uint8 samples (3 bytes a pixel, not float32's 12) and converts
+    only the patch and its LR region: the samples equal those of decoding the file each time
+    and of float images, bit for bit."""
+    from common.images import load_image, save_image
+
+    save_image(tmp_path / "x.png", _photo(40, 52))
+    save_image(tmp_path / "y.png", _photo(44, 48, seed=3))
+    lazy = load_folder(tmp_path)
+    cached = load_folder(tmp_path, decode=True)
+    floats = [NamedImage(i.name, image=load_image(i.path)) for i in lazy]
+    assert all(i.image.dtype == np.uint8 for i in cached)
+    assert memory_bytes(cached) == 40 * 52 * 3 + 44 * 48 * 3
+    assert [i.size for i in cached] == [i.size for i in lazy]
+    sets = [
+        PatchDataset(items, patch_size=16, scale=4, seed=7) for items in (lazy, cached, floats)
+    ]
+    for k in range(6):
+        a, b, c = (ds[k] for ds in sets)
+        for key in ("hr", "lr"):
+            assert a[key].dtype == torch.float32
+            assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key])
+    np.testing.assert_array_equal(cached[0].load(), floats[0].image)
 
 
 def test_sample_photos_split():

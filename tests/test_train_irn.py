@@ -249,3 +249,18 @@ def test_cli_runs_as_a_script(tmp_path, data):
     )
     assert missing.returncode == 2
     assert "nope does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cache_is_said_and_its_budget_is_shared_by_local_processes(
+    tmp_path, data, capsys, monkeypatch
+):
+    run(tmp_path / "a", data, "--iters", "1", "--val-every", "100")
+    assert "decoded in memory (0.00 GiB)" in capsys.readouterr().out
+    run(tmp_path / "b", data, "--iters", "1", "--val-every", "100", "--cache", "off")
+    assert "decoded per patch from disk (--cache on keeps them" in capsys.readouterr().out
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    one = train_irn.cache_budget()
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert abs(one - total / 3) <= 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert abs(train_irn.cache_budget() - one / 4) <= 1
