@@ -11,18 +11,20 @@ Measured on the centre 192x192 crop of scikit-image's ``chelsea``, x4, the autho
 weight (so no coupling is the identity), in [0, 1] units:
 
     float32 round trip: max 4.8e-7;  bf16: max 1.6e-3 (0.41 / 255), mean 5.7e-5
-    (full 300x448 photo: bf16 max 2.7e-3, mean 6.7e-5; noise std 0.02: max 1.2e-2, mean 1e-3;
-    runs/ref_x4/last.pt after 25 training iterations: max 2.5e-4, mean 3.2e-7)
+    (full 300x448 photo: bf16 max 2.7e-3, mean 6.7e-5; noise std 0.02: max 1.2e-2, mean 1e-3)
+
+Trained models stay inside the same bounds. Measured with :func:`check` on the best checkpoints
+of ``train_irn.py --batch-size 8 --patch-size 64 --iters 1000 --val-every 200 --seed S`` on the
+sample photos: seed 1 at iteration 600, max 1.2e-3 / mean 8.6e-6; seed 2 at 600, max 2.3e-3 /
+mean 5.5e-5; seed 1 trained with ``--amp``, at 800, max 1.0e-3 / mean 4.8e-6 (no trained
+checkpoint ships with the tests, so this is not re-checked in CI).
 
 Bounds asserted: bf16 max <= 5e-3 (1.3 / 255) and mean <= 3e-4, i.e. below the 8-bit step the LR
 image is quantised to anyway; the 8-bit LR' of bf16 and float32 downscaling differ by at most one
-level. When a trained checkpoint ``runs/ref_x4/best.pt`` exists, it is checked as well, with
-the bound max <= 2e-2, mean <= 1e-3 (set before such a checkpoint existed).
+level.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,9 +33,6 @@ from flow_checks import perturb_
 from common.quantize import quantize_ste
 from common.runtime import autocast_context
 from irn.model import IRN, IRNConfig
-
-ROOT = Path(__file__).resolve().parent.parent
-TRAINED = ROOT / "runs" / "ref_x4" / "best.pt"
 
 
 def photo(size: int = 192) -> torch.Tensor:
@@ -80,11 +79,3 @@ def test_bf16_round_trip_on_a_photo_is_within_the_stated_bound():
     torch.manual_seed(0)
     model = perturb_(IRN(IRNConfig(scale=4)), std=0.01, seed=0).eval()
     check(model, max_bound=5e-3, mean_bound=3e-4)
-
-
-@pytest.mark.skipif(not TRAINED.is_file(), reason="no trained checkpoint runs/ref_x4/best.pt")
-def test_bf16_round_trip_of_the_trained_checkpoint():
-    ckpt = torch.load(TRAINED, map_location="cpu", weights_only=True)
-    model = IRN(IRNConfig(**ckpt["config"]["model"]))
-    model.load_state_dict(ckpt["model"])
-    check(model.eval(), max_bound=2e-2, mean_bound=1e-3)
