@@ -264,3 +264,25 @@ def test_cache_is_said_and_its_budget_is_shared_by_local_processes(
     assert abs(one - total / 3) <= 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert abs(train_irn.cache_budget() - one / 4) <= 1
+
+
+def test_sample_photo_run_ends_with_the_bicubic_comparison(tmp_path, capsys):
+    out = train_irn.main(
+        [
+            *TINY,
+            "--iters",
+            "1",
+            "--val-every",
+            "1",
+            "--out",
+            str(tmp_path / "s"),
+            "--no-tensorboard",
+        ]
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("No --data given: training on the 6 scikit-image sample photos")
+    assert out["val"][-1]["psnr_y"] < out["bicubic"]["psnr_y"]
+    assert lines[-2].startswith("IRN is still below bicubic after this short run")
+    assert lines[-1].startswith("Validation PSNR-Y after 1 iterations: IRN")
+    assert f"vs bicubic {out['bicubic']['psnr_y']:.2f} dB" in lines[-1]
+    assert out["bicubic"]["psnr_y"] == pytest.approx(28.39, abs=0.005)
