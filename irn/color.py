@@ -43,6 +43,7 @@ from common.runtime import autocast_context
 from common.sequential import FlowSequential
 from common.subnets import dense_block
 from irn.losses import LOSS_KINDS, distribution_loss, pixel_loss
+from irn.model import clamp_field, gc_field, init_field
 
 __all__ = [
     "BT601_LUMA",
@@ -128,24 +129,13 @@ class IRNColorConfig:
             "IRN-Color: 8)."
         },
     )
-    clamp: float = field(
-        default=1.0,
-        metadata={"help": "Coupling soft clamp: the log-scale s stays in (-clamp, clamp)."},
-    )
+    clamp: float = clamp_field()
     clamp_tightness: float = field(
         default=1.0,
         metadata={"help": "Steepness t of the clamp clamp*(2*sigmoid(t*u)-1); 1 = the authors'."},
     )
-    gc: int = field(
-        default=32, metadata={"help": "Growth channels of the dense-block subnet (authors: 32)."}
-    )
-    init: Literal["xavier", "kaiming"] = field(
-        default="xavier",
-        metadata={
-            "help": "Init of the subnets' first four convs (scaled by 0.1); the last conv is "
-            "always zero so every coupling starts as the identity."
-        },
-    )
+    gc: int = gc_field()
+    init: Literal["xavier", "kaiming"] = init_field()
     learnable_transform: bool = field(
         default=True,
         metadata={

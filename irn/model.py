@@ -43,6 +43,32 @@ SCALES = (2, 3, 4, 8)
 DEFAULT_BLOCKS = {2: 8, 3: 12, 4: 8, 8: 8}
 
 
+def clamp_field() -> Any:
+    """The coupling clamp field, shared by :class:`IRNConfig` and IRN-Color's config."""
+    return field(
+        default=1.0,
+        metadata={"help": "Coupling soft clamp: the log-scale s stays in (-clamp, clamp)."},
+    )
+
+
+def gc_field() -> Any:
+    """The dense-block growth-channels field (shared with IRN-Color's config)."""
+    return field(
+        default=32, metadata={"help": "Growth channels of the dense-block subnet (authors: 32)."}
+    )
+
+
+def init_field() -> Any:
+    """The subnet-initialisation field (shared with IRN-Color's config)."""
+    return field(
+        default="xavier",
+        metadata={
+            "help": "Init of the subnets' first four convs (scaled by 0.1); the last conv is "
+            "always zero so every coupling starts as the identity."
+        },
+    )
+
+
 @dataclass
 class IRNConfig:
     """Architecture of an :class:`IRN`; the defaults are the authors' (SPEC sec. 2)."""
@@ -61,10 +87,7 @@ class IRNConfig:
             "choice, 8 per level for x2/x4/x8 and 12 for x3."
         },
     )
-    clamp: float = field(
-        default=1.0,
-        metadata={"help": "Coupling soft clamp: the log-scale s stays in (-clamp, clamp)."},
-    )
+    clamp: float = clamp_field()
     clamp_tightness: float = field(
         default=1.0,
         metadata={
@@ -76,16 +99,8 @@ class IRNConfig:
         default="dbnet",
         metadata={"help": "Coupling subnet F, G, H: 'dbnet' = the authors' 5-conv dense block."},
     )
-    gc: int = field(
-        default=32, metadata={"help": "Growth channels of the dense-block subnet (authors: 32)."}
-    )
-    init: Literal["xavier", "kaiming"] = field(
-        default="xavier",
-        metadata={
-            "help": "Init of the subnets' first four convs (scaled by 0.1); the last conv is "
-            "always zero so every coupling starts as the identity."
-        },
-    )
+    gc: int = gc_field()
+    init: Literal["xavier", "kaiming"] = init_field()
     in_channels: int = field(
         default=3, metadata={"help": "Image channels (3 = RGB); also the coupling split."}
     )
