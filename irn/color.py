@@ -22,7 +22,6 @@ Training and evaluation: ``python train_irn.py --task color`` and
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -43,7 +42,7 @@ from common.runtime import autocast_context
 from common.sequential import FlowSequential
 from common.subnets import dense_block
 from irn.losses import LOSS_KINDS, distribution_loss, pixel_loss
-from irn.model import clamp_field, gc_field, init_field
+from irn.model import check_coupling_fields, clamp_field, gc_field, init_field
 
 __all__ = [
     "BT601_LUMA",
@@ -149,23 +148,7 @@ class IRNColorConfig:
             raise ValueError(
                 f"IRNColorConfig: couplings must be an int >= 1, got {self.couplings!r}"
             )
-        for name in ("clamp", "clamp_tightness"):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, (int, float))
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ValueError(
-                    f"IRNColorConfig: {name} must be a finite number > 0, got {value!r}"
-                )
-        if not _is_int(self.gc) or self.gc < 1:
-            raise ValueError(f"IRNColorConfig: gc must be an int >= 1, got {self.gc!r}")
-        if self.init not in ("xavier", "kaiming"):
-            raise ValueError(
-                f"IRNColorConfig: init must be 'xavier' or 'kaiming', got {self.init!r}"
-            )
+        check_coupling_fields(self)
         if not isinstance(self.learnable_transform, bool):
             raise ValueError(
                 "IRNColorConfig: learnable_transform must be a bool, got "

@@ -69,6 +69,25 @@ def init_field() -> Any:
     )
 
 
+def check_coupling_fields(cfg: Any) -> None:
+    """Validate the coupling fields a config shares with :class:`IRNConfig` (``clamp``,
+    ``clamp_tightness``, ``gc``, ``init``); the error names the config class and the field."""
+    what = type(cfg).__name__
+    for name in ("clamp", "clamp_tightness"):
+        value = getattr(cfg, name)
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ValueError(f"{what}: {name} must be a finite number > 0, got {value!r}")
+    if not isinstance(cfg.gc, int) or isinstance(cfg.gc, bool) or cfg.gc < 1:
+        raise ValueError(f"{what}: gc must be an int >= 1, got {cfg.gc!r}")
+    if cfg.init not in ("xavier", "kaiming"):
+        raise ValueError(f"{what}: init must be 'xavier' or 'kaiming', got {cfg.init!r}")
+
+
 @dataclass
 class IRNConfig:
     """Architecture of an :class:`IRN`; the defaults are the authors' (SPEC sec. 2)."""
@@ -125,21 +144,9 @@ class IRNConfig:
             raise ValueError(
                 f"IRNConfig: blocks_per_level must be an int >= 1, got {self.blocks_per_level!r}"
             )
-        for name in ("clamp", "clamp_tightness"):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, (int, float))
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ValueError(f"IRNConfig: {name} must be a finite number > 0, got {value!r}")
+        check_coupling_fields(self)
         if self.subnet != "dbnet":
             raise ValueError(f"IRNConfig: subnet must be 'dbnet', got {self.subnet!r}")
-        if not is_int(self.gc) or self.gc < 1:
-            raise ValueError(f"IRNConfig: gc must be an int >= 1, got {self.gc!r}")
-        if self.init not in ("xavier", "kaiming"):
-            raise ValueError(f"IRNConfig: init must be 'xavier' or 'kaiming', got {self.init!r}")
         if not isinstance(self.actnorm, bool):
             raise ValueError(f"IRNConfig: actnorm must be a bool, got {self.actnorm!r}")
         if not is_int(self.in_channels) or self.in_channels < 1:

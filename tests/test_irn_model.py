@@ -343,3 +343,18 @@ def test_parameter_count_from_the_command_line():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "4355136"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"clamp": 0.0}, r"IRNConfig: clamp must be a finite number > 0, got 0\.0"),
+        ({"clamp_tightness": float("nan")}, "IRNConfig: clamp_tightness must be a finite number"),
+        ({"gc": True}, "IRNConfig: gc must be an int >= 1, got True"),
+        ({"init": "orthogonal"}, "IRNConfig: init must be 'xavier' or 'kaiming'"),
+        ({"scale": 5}, "IRNConfig: scale must be one of 2, 3, 4, 8"),
+    ],
+)
+def test_bad_config_fields_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        IRNConfig(**fields)
