@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.data is not None and not args.data.is_dir():
         p.error(f"--data: {args.data} is not a folder")
+    if min(args.workers) < 0:
+        p.error(f"--workers: counts must be >= 0, got {args.workers}")
+    for flag in ("images", "batch_size", "patch_size", "batches", "steps"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')}: must be >= 1, got {getattr(args, flag)}")
+    if args.patch_size % args.scale:
+        p.error(f"--patch-size {args.patch_size} must be a multiple of --scale {args.scale}")
     torch.set_num_threads(args.threads)
 
     rows: list[dict[str, Any]] = []

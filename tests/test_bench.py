@@ -152,3 +152,10 @@ def test_bench_loader_tiny(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench_loader.main(["--data", str(tmp_path / "nope")])
     assert "--data: " in capsys.readouterr().err
+    for bad, message in (
+        (["--workers", "-1"], "--workers: counts must be >= 0"),
+        (["--patch-size", "30"], "--patch-size 30 must be a multiple"),
+    ):
+        with pytest.raises(SystemExit):
+            bench_loader.main(bad)
+        assert message in capsys.readouterr().err
