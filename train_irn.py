@@ -25,6 +25,11 @@ evenly; only rank 0 logs and writes checkpoints)::
 Lower memory: ``--memory-saving`` recomputes activations from the outputs in the backward pass
 (1.2-1.3x the step time measured on CPU; memory independent of depth).
 
+Fine-tune released or earlier weights on your own images (fresh optimiser and schedule; the
+model flags must match the checkpoint)::
+
+    python train_irn.py --data my_photos --init-weights IRN_x4.pth --iters 20000 --lr 1e-4
+
 Interrupt with Ctrl-C (or SIGTERM): the last state is saved; continue with ``--resume auto``.
 Every flag is listed by ``python train_irn.py --help``; defaults are the paper's.
 """
@@ -84,12 +89,15 @@ from common.runtime import (
     seed_everything,
 )
 from common.subnets import set_dense_block_options
+from irn.checkpoints import load_irn
 from irn.color import (
     COLOR_LAMBDA_GUIDE,
     IRNColor,
     IRNColorConfig,
     color_losses,
     evaluate_color,
+    is_color_checkpoint,
+    load_color_checkpoint,
     preview_color,
 )
 from irn.data import (
@@ -255,6 +263,16 @@ class TrainConfig:
     resume: str | None = field(
         default=None,
         metadata={"help": "Checkpoint to resume from, or 'auto' for the latest in --out."},
+    )
+    init_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tune: start from the weights in this file (a checkpoint of this "
+            "script, or for --task rescale the IRN authors' released .pth) with a fresh "
+            "optimiser, schedule and iteration count, e.g. the authors' x4 model on your own "
+            "images. The model flags must describe the checkpoint's architecture. Not used "
+            "when the run resumes (its checkpoint holds the weights)."
+        },
     )
     seed: int = field(default=10, metadata={"help": "Random seed (authors: 10)."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
@@ -897,31 +915,95 @@ def _global_losses(losses: dict[str, torch.Tensor], world: int) -> dict[str, tor
     return dict(zip(keys, vals, strict=True))
 
 
-def _load_resume(
-    cfg: TrainConfig, out_dir: Path, world: int, main_proc: bool
-) -> tuple[Path | None, dict | None]:
-    """Find and read the checkpoint to resume on rank 0 and broadcast it to every rank (nodes
-    need not share a file system); an error is raised on every rank alike."""
-    result: list[Any] = [None, None, None]
+def _on_rank0(read: Callable[[], Any], world: int, main_proc: bool) -> Any:
+    """``read()`` on rank 0, its result broadcast to every rank (nodes need not share a file
+    system); its error (``SystemExit`` or ``CheckpointError``) is raised on every rank alike."""
+    result: list[Any] = [None, None]
     if main_proc or world <= 1:
         try:
-            resume = resolve_resume(cfg.resume, out_dir)
-            if cfg.resume and resume is None:
-                raise SystemExit(f"--resume auto: no checkpoint found in {out_dir}")
-            result = [
-                None if resume is None else str(resume),
-                None if resume is None else load_checkpoint(resume),
-                None,
-            ]
+            result = [read(), None]
         except (SystemExit, CheckpointError) as err:
-            result = [None, None, (type(err).__name__, str(err))]
+            result = [None, (type(err).__name__, str(err))]
     if world > 1:
         torch.distributed.broadcast_object_list(result, src=0)
-    path, ckpt, error = result
+    value, error = result
     if error is not None:
         kind, message = error
         raise (SystemExit(message) if kind == "SystemExit" else CheckpointError(message))
+    return value
+
+
+def _load_resume(
+    cfg: TrainConfig, out_dir: Path, world: int, main_proc: bool
+) -> tuple[Path | None, dict | None]:
+    """Find and read the checkpoint to resume (on rank 0, broadcast: :func:`_on_rank0`)."""
+
+    def read() -> tuple[str | None, dict | None]:
+        resume = resolve_resume(cfg.resume, out_dir)
+        if cfg.resume and resume is None:
+            raise SystemExit(f"--resume auto: no checkpoint found in {out_dir}")
+        return (None, None) if resume is None else (str(resume), load_checkpoint(resume))
+
+    path, ckpt = _on_rank0(read, world, main_proc)
     return (None if path is None else Path(path)), ckpt
+
+
+def read_init_weights(
+    path: str, model_cfg: IRNConfig | IRNColorConfig
+) -> tuple[dict[str, torch.Tensor], str]:
+    """``--init-weights``: the state_dict in ``path`` (this script's checkpoint, or the IRN
+    authors' release for an IRN) and a description of it, refused unless the architecture it
+    describes is ``model_cfg``.
+
+    Raises:
+        SystemExit: naming the flag, the file and each field where the checkpoint's model and
+            the flags differ (or the task when an IRN-Color checkpoint meets an IRN, and back).
+        CheckpointError: the file is missing, unreadable or not a checkpoint of either kind.
+    """
+    try:
+        return _read_init_weights(path, model_cfg)
+    except CheckpointError as err:
+        raise CheckpointError(f"--init-weights: {err}") from None
+
+
+def _read_init_weights(
+    path: str, model_cfg: IRNConfig | IRNColorConfig
+) -> tuple[dict[str, torch.Tensor], str]:
+    flag = f"--init-weights {path}"
+    color = isinstance(model_cfg, IRNColorConfig)
+    if color:
+        if not is_color_checkpoint(path):
+            load_checkpoint(path)  # a missing or unreadable file: its own message
+            raise SystemExit(
+                f"{flag}: not an IRN-Color checkpoint (written by train_irn.py --task color); "
+                "drop --task color to fine-tune an IRN"
+            )
+        loaded, info = load_color_checkpoint(path)
+    else:
+        if is_color_checkpoint(path):
+            raise SystemExit(
+                f"{flag}: an IRN-Color checkpoint (trained with --task color); add --task color "
+                "to fine-tune it"
+            )
+        loaded, info = load_irn(path)
+    stored = loaded.config
+    if stored != model_cfg:
+        diffs = [
+            f"{name}: checkpoint {getattr(stored, name)!r}, flags {getattr(model_cfg, name)!r}"
+            for name in model_cfg.__dataclass_fields__
+            if getattr(stored, name) != getattr(model_cfg, name)
+        ]
+        raise SystemExit(
+            f"{flag}: the checkpoint's model differs from the flags' ({'; '.join(diffs)}); "
+            "pass the model flags that match it"
+        )
+    if info["kind"] == "authors":
+        what = "the IRN authors' released weights"
+    elif info["step"] is not None:
+        what = f"weights after {info['step']} iterations"
+    else:
+        what = "weights"
+    return loaded.state_dict(), f"{what} from {path}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -1007,6 +1089,14 @@ def _train(
         guard.load_state_dict(extra.get("guard", {}))
         guard.note_checkpoint(resume)
         _say(f"Resumed from {resume} at iteration {step}.")
+        if cfg.init_weights:
+            _say(f"--init-weights {cfg.init_weights}: not used, the resumed checkpoint has them.")
+    elif cfg.init_weights:
+        state, what = _on_rank0(
+            lambda: read_init_weights(cfg.init_weights, model_cfg), world, main_proc
+        )
+        model.load_state_dict(state)
+        _say(f"Fine-tuning {what}; optimiser, learning-rate schedule and iterations start anew.")
 
     ddp_model: torch.nn.Module = model
     if world > 1:

@@ -70,12 +70,23 @@ def test_sample_z_takes_this_ranks_rows_of_the_global_draw():
         train_irn.sample_z((2, 2, 3, 3), gen, torch.device("cpu"), torch.float32, 4, 3)
 
 
-@pytest.mark.parametrize("micro", [[], ["--micro-batch", "1"]], ids=["whole", "micro-batch"])
-def test_two_processes_equal_one_and_resume(tmp_path, micro):
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--micro-batch", "1"], ["--init-weights"]],
+    ids=["whole", "micro-batch", "init-weights"],
+)
+def test_two_processes_equal_one_and_resume(tmp_path, extra):
     """With ``--micro-batch 1`` each rank accumulates its 2 rows in 2 chunks (the first under
-    ``no_sync``): still the single-process, unchunked run."""
+    ``no_sync``): still the single-process, unchunked run. With ``--init-weights`` (read by rank
+    0 and broadcast) both runs fine-tune the same 1-iteration checkpoint."""
     train_dir, _ = tiny_images(tmp_path)
-    argv = [*TINY, *micro, "--data", str(train_dir), "--out", str(tmp_path / "ddp")]
+    init: list[str] = []  # the single-process run is unchunked, with the same initial weights
+    if extra == ["--init-weights"]:
+        train_irn.main(
+            [*TINY, "--data", str(train_dir), "--out", str(tmp_path / "pre"), "--iters", "1"]
+        )
+        extra = init = ["--init-weights", str(tmp_path / "pre" / "last.pt")]
+    argv = [*TINY, *extra, "--data", str(train_dir), "--out", str(tmp_path / "ddp")]
     ctx = mp.get_context("spawn")
     ports = [_free_port(), _free_port()]
     procs = [
@@ -100,7 +111,7 @@ def test_two_processes_equal_one_and_resume(tmp_path, micro):
         assert ranks[0][run]["history"] == ranks[1][run]["history"]  # global losses everywhere
 
     single = train_irn.main(
-        [*TINY, "--data", str(train_dir), "--out", str(tmp_path / "one"), "--iters", "4"]
+        [*TINY, *init, "--data", str(train_dir), "--out", str(tmp_path / "one"), "--iters", "4"]
     )
     assert single["world_size"] == 1
     ref = single["model"].state_dict()
@@ -118,6 +129,7 @@ def test_two_processes_equal_one_and_resume(tmp_path, micro):
     out0 = (tmp_path / "stdout_rank0.txt").read_text()
     out1 = (tmp_path / "stdout_rank1.txt").read_text()
     assert "2 process(es)" in out0 and "Resumed from" in out0
+    assert ("Fine-tuning weights after 1 iterations" in out0) == ("--init-weights" in extra)
     assert out1 == ""
     ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert ckpt["step"] == 4

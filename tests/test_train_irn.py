@@ -286,3 +286,56 @@ def test_sample_photo_run_ends_with_the_bicubic_comparison(tmp_path, capsys):
     assert lines[-1].startswith("Validation PSNR-Y after 1 iterations: IRN")
     assert f"vs bicubic {out['bicubic']['psnr_y']:.2f} dB" in lines[-1]
     assert out["bicubic"]["psnr_y"] == pytest.approx(28.39, abs=0.005)
+
+
+def test_init_weights_fine_tunes_from_ours_or_the_authors_checkpoint(tmp_path, data, capsys):
+    """--init-weights starts from the file's weights with a fresh optimiser and iteration
+    count, from this script's checkpoint and from the authors' layout alike (lr 1e-12: one step
+    leaves the weights where they started)."""
+    from irn.model import to_authors_state_dict
+
+    base = run(tmp_path / "base", data, "--iters", "2", "--val-every", "100")
+    trained = {k: v.clone() for k, v in base["model"].state_dict().items()}
+    fresh = run(tmp_path / "fresh", data, "--iters", "1", "--val-every", "100", "--lr", "1e-12")
+    assert not torch.allclose(
+        fresh["model"].operations[1].F.conv5.weight, trained["operations.1.F.conv5.weight"]
+    )
+    authors = tmp_path / "authors.pth"
+    torch.save(to_authors_state_dict(base["model"]), authors)
+    for source, said in (
+        (tmp_path / "base" / "run" / "last.pt", "weights after 2 iterations"),
+        (authors, "the IRN authors' released weights"),
+    ):
+        out_dir = tmp_path / f"tuned_{source.suffix[1:]}"
+        tuned = run(
+            out_dir, data, "--iters", "1", "--val-every", "100", "--lr", "1e-12",
+            "--init-weights", str(source),
+        )  # fmt: skip
+        assert f"Fine-tuning {said} from {source}" in capsys.readouterr().out
+        for k, v in tuned["model"].state_dict().items():
+            assert torch.allclose(v, trained[k], atol=1e-9), k
+        ckpt = torch.load(out_dir / "run" / "last.pt", weights_only=True)
+        assert ckpt["step"] == 1
+        assert all(int(s["step"]) == 1 for s in ckpt["optimizer"]["state"].values())
+    # resuming a fine-tuned run takes the weights from its checkpoint, not from --init-weights
+    again = run(
+        tmp_path / "tuned_pt", data, "--iters", "2", "--val-every", "100", "--lr", "1e-12",
+        "--init-weights", str(authors), "--resume", "auto",
+    )  # fmt: skip
+    assert again["step"] == 2
+    assert "not used, the resumed checkpoint has them" in capsys.readouterr().out
+
+
+def test_init_weights_refuses_another_architecture_naming_the_fields(tmp_path, data):
+    run(tmp_path / "base", data, "--iters", "1", "--val-every", "100")
+    ckpt = str(tmp_path / "base" / "run" / "last.pt")
+    with pytest.raises(SystemExit, match=r"--init-weights .*last.pt: the checkpoint's model "
+                       r"differs .*gc: checkpoint 4, flags 8"):  # fmt: skip
+        run(tmp_path / "b", data, "--iters", "1", "--gc", "8", "--init-weights", ckpt)
+    with pytest.raises(SystemExit, match=r"not an IRN-Color checkpoint.*drop --task color"):
+        train_irn.main(
+            ["--task", "color", "--iters", "1", "--out", str(tmp_path / "c"),
+             "--init-weights", ckpt]
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"--init-weights: checkpoint not found: .*nope.pt"):
+        run(tmp_path / "d", data, "--iters", "1", "--init-weights", str(tmp_path / "nope.pt"))
