@@ -79,3 +79,31 @@ def test_bf16_round_trip_on_a_photo_is_within_the_stated_bound():
     torch.manual_seed(0)
     model = perturb_(IRN(IRNConfig(scale=4)), std=0.01, seed=0).eval()
     check(model, max_bound=5e-3, mean_bound=3e-4)
+
+
+def test_bf16_training_gradient_points_where_the_float32_one_does():
+    """The bf16 training step follows the float32 one: on a batch of chelsea patches (same z'
+    draw), the gradient of the whole IRN objective under ``--amp`` has cosine >= 0.999 with the
+    float32 gradient and the same norm within 1%. Measured on the full x4 model at batch 8,
+    patch 64 of the sample photos: cosine 1.0000 at initialisation, after 187 bf16 iterations
+    and after 1000 float32 ones, while two z' draws give float32 gradients with cosine 0.98,
+    0.99 and 0.91: bf16 changes the training signal far less than the noise of training does."""
+    import train_irn
+
+    torch.manual_seed(0)
+    model = perturb_(IRN(IRNConfig(scale=4, blocks_per_level=2)), std=0.01, seed=0)
+    x = photo(128)
+    hr = torch.cat([x[..., :64, :64], x[..., 64:, 64:], x[..., :64, 64:]])
+    lr_ref = torch.nn.functional.avg_pool2d(hr, 4)
+    cfg = train_irn.TrainConfig()
+    grads = []
+    for amp in (False, True):
+        model.zero_grad()
+        gen = torch.Generator().manual_seed(3)
+        train_irn.compute_losses(model, hr, lr_ref, cfg, 16.0, gen, amp)["total"].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]).double())
+    g32, g16 = grads
+    cos = float(g32 @ g16 / (g32.norm() * g16.norm()))
+    ratio = float(g16.norm() / g32.norm())
+    print(f"cosine {cos:.6f}, norm ratio {ratio:.4f}")
+    assert cos >= 0.999 and abs(ratio - 1) <= 0.01
