@@ -274,6 +274,14 @@ class TrainConfig:
             "when the run resumes (its checkpoint holds the weights)."
         },
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --out that already holds checkpoints, replacing them. "
+            "Without it such a run stops before any work (continue the old run with --resume "
+            "auto, or choose another --out)."
+        },
+    )
     seed: int = field(default=10, metadata={"help": "Random seed (authors: 10)."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
     amp: bool = field(
@@ -942,6 +950,15 @@ def _load_resume(
         resume = resolve_resume(cfg.resume, out_dir)
         if cfg.resume and resume is None:
             raise SystemExit(f"--resume auto: no checkpoint found in {out_dir}")
+        if resume is None and not cfg.overwrite:
+            existing = sorted(p.name for p in out_dir.glob("*.pt")) if out_dir.is_dir() else []
+            if existing:
+                raise SystemExit(
+                    f"--out {out_dir} already holds checkpoints of a run "
+                    f"({', '.join(existing[:4])}{', ...' if len(existing) > 4 else ''}); a new "
+                    "run would replace them. Continue that run with --resume auto, choose "
+                    "another --out, or pass --overwrite to replace them."
+                )
         return (None, None) if resume is None else (str(resume), load_checkpoint(resume))
 
     path, ckpt = _on_rank0(read, world, main_proc)

@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         flags, eval_flags, what = VARIANTS[name]
         run_dir = args.out / name
-        train_cmd = [sys.executable, "train_irn.py", *common, *flags, "--out", str(run_dir)]
+        train_cmd = [
+            sys.executable, "train_irn.py", *common, *flags, "--out", str(run_dir), "--overwrite"
+        ]  # fmt: skip
         started = time.perf_counter()
         if not _finished(run_dir / "last.pt", args.iters):
             print(f"[{name}] training: {' '.join(train_cmd[1:])}", flush=True)

@@ -398,3 +398,19 @@ def test_flags_that_do_not_apply_are_refused(color_run, capsys):
             fn([*argv, "--iters", "1"] if fn is train_irn.main else argv)
         assert message in capsys.readouterr().err, argv
     assert "Meaningless for --task color" in train_irn.build_parser().format_help()
+
+
+def test_init_weights_fine_tunes_a_color_checkpoint_and_refuses_it_for_an_irn(color_run, capsys):
+    """``--task color --init-weights`` starts from the IRN-Color checkpoint's weights (lr
+    1e-12: one step leaves them there); the same file for an IRN is refused, naming the task."""
+    root, ckpt = color_run["root"], color_run["root"] / "run" / "last.pt"
+    start = {k: v.clone() for k, v in color_run["out"]["model"].state_dict().items()}
+    tuned = train_irn.main(
+        [*color_run["argv"], "--iters", "1", "--lr", "1e-12", "--out", str(root / "tuned"),
+         "--init-weights", str(ckpt)]
+    )  # fmt: skip
+    assert f"Fine-tuning weights after 1 iterations from {ckpt}" in capsys.readouterr().out
+    for k, v in tuned["model"].state_dict().items():
+        assert torch.allclose(v, start[k], atol=1e-9), k
+    with pytest.raises(SystemExit, match=r"an IRN-Color checkpoint .*add --task color"):
+        train_irn.main(["--iters", "1", "--out", str(root / "irn"), "--init-weights", str(ckpt)])

@@ -339,3 +339,18 @@ def test_init_weights_refuses_another_architecture_naming_the_fields(tmp_path, d
         )  # fmt: skip
     with pytest.raises(ValueError, match=r"--init-weights: checkpoint not found: .*nope.pt"):
         run(tmp_path / "d", data, "--iters", "1", "--init-weights", str(tmp_path / "nope.pt"))
+
+
+def test_a_new_run_does_not_replace_another_runs_checkpoints(tmp_path, data):
+    """A fresh run into an --out holding checkpoints stops before training, naming the folder,
+    and leaves the files as they were; --resume auto continues, --overwrite replaces them."""
+    run(tmp_path, data, "--iters", "1", "--val-every", "100")
+    last = tmp_path / "run" / "last.pt"
+    before = last.read_bytes()
+    with pytest.raises(SystemExit, match=r"--out .*run already holds checkpoints .*last.pt"):
+        run(tmp_path, data, "--iters", "2", "--val-every", "100")
+    assert last.read_bytes() == before
+    assert run(tmp_path, data, "--iters", "2", "--resume", "auto")["step"] == 2
+    fresh = run(tmp_path, data, "--iters", "1", "--val-every", "100", "--overwrite")
+    assert fresh["step"] == 1
+    assert torch.load(last, weights_only=True)["step"] == 1
