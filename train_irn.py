@@ -270,7 +270,8 @@ class TrainConfig:
             "help": "Fine-tune: start from the weights in this file (a checkpoint of this "
             "script, or for --task rescale the IRN authors' released .pth) with a fresh "
             "optimiser, schedule and iteration count, e.g. the authors' x4 model on your own "
-            "images. The model flags must describe the checkpoint's architecture. Not used "
+            "images. The model flags must describe the checkpoint's architecture (--init "
+            "aside: the file's weights replace the fresh ones). Not used "
             "when the run resumes (its checkpoint holds the weights)."
         },
     )
@@ -972,6 +973,9 @@ def read_init_weights(
     authors' release for an IRN) and a description of it, refused unless the architecture it
     describes is ``model_cfg``.
 
+    ``init`` is not compared: it only decides how fresh weights are drawn, and these are
+    replaced by the file's (``--init kaiming`` may fine-tune an xavier-initialised model).
+
     Raises:
         SystemExit: naming the flag, the file and each field where the checkpoint's model and
             the flags differ (or the task when an IRN-Color checkpoint meets an IRN, and back).
@@ -1004,12 +1008,13 @@ def _read_init_weights(
             )
         loaded, info = load_irn(path)
     stored = loaded.config
-    if stored != model_cfg:
-        diffs = [
-            f"{name}: checkpoint {getattr(stored, name)!r}, flags {getattr(model_cfg, name)!r}"
-            for name in model_cfg.__dataclass_fields__
-            if getattr(stored, name) != getattr(model_cfg, name)
-        ]
+    # ``init`` only says how fresh weights are drawn; loaded weights make it moot.
+    diffs = [
+        f"{name}: checkpoint {getattr(stored, name)!r}, flags {getattr(model_cfg, name)!r}"
+        for name in model_cfg.__dataclass_fields__
+        if name != "init" and getattr(stored, name) != getattr(model_cfg, name)
+    ]
+    if diffs:
         raise SystemExit(
             f"{flag}: the checkpoint's model differs from the flags' ({'; '.join(diffs)}); "
             "pass the model flags that match it"

@@ -339,6 +339,15 @@ def test_init_weights_refuses_another_architecture_naming_the_fields(tmp_path, d
         )  # fmt: skip
     with pytest.raises(ValueError, match=r"--init-weights: checkpoint not found: .*nope.pt"):
         run(tmp_path / "d", data, "--iters", "1", "--init-weights", str(tmp_path / "nope.pt"))
+    # --init only decides how fresh weights are drawn: a kaiming run may start from xavier
+    # weights (lr 1e-12: after one step the weights are still the file's)
+    base = torch.load(ckpt, weights_only=True)["model"]
+    tuned = run(
+        tmp_path / "e", data, "--iters", "1", "--val-every", "100", "--lr", "1e-12",
+        "--init", "kaiming", "--init-weights", ckpt,
+    )  # fmt: skip
+    for k, v in tuned["model"].state_dict().items():
+        assert torch.allclose(v, base[k], atol=1e-9), k
 
 
 def test_a_new_run_does_not_replace_another_runs_checkpoints(tmp_path, data):
