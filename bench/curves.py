@@ -1,0 +1,171 @@
+"""Validation curves of several ``train_irn.py`` runs side by side, read from their TensorBoard
+events: each run's PSNR-Y / SSIM-Y at every validation step, the mean, standard deviation and
+range over the runs, a reference curve's place in that range, and paired differences.
+
+Seed noise is large early in training (several dB at iteration 200 on the sample photos), so one
+run says little; this is how the README's curve tables and their statistics are made::
+
+    python bench/curves.py runs/curve_seed10 runs/curve_seed1 runs/curve_seed2 \\
+        --reference 25.72,27.03,28.05,28.35,28.70 \\
+        --pair runs/curve_seed10:runs/curve_seed10_amp --pair runs/curve_seed1:runs/curve_seed1_amp
+
+A run is a folder holding ``tb/`` (train_irn.py's default ``--logdir``) or a TensorBoard folder
+itself. ``--pair A:B`` reports ``B - A`` at every step both validated, then the mean of the
+pairs' differences and its standard error (sample standard deviation / sqrt(pairs)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["read_curve", "summarise", "main"]
+
+
+def _event_dir(run: Path) -> Path:
+    for cand in (run / "tb", run):
+        if cand.is_dir() and any(cand.glob("events.out.tfevents.*")):
+            return cand
+    raise SystemExit(f"{run}: no TensorBoard events in {run}/tb or {run} (a train_irn.py --out?)")
+
+
+def read_curve(run: str | Path) -> dict[int, tuple[float, float]]:
+    """``{step: (psnr_y, ssim_y)}`` of a run's validations (the last value logged per step, so
+    a resumed run that validated a step twice counts once)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(_event_dir(Path(run))), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    if "val/psnr_y" not in tags:
+        raise SystemExit(f"{run}: no validation in its events (val/psnr_y missing)")
+    psnr = {e.step: e.value for e in acc.Scalars("val/psnr_y")}
+    ssim = {e.step: e.value for e in acc.Scalars("val/ssim_y")} if "val/ssim_y" in tags else {}
+    return {s: (psnr[s], ssim.get(s, math.nan)) for s in sorted(psnr)}
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return mean, sd
+
+
+def summarise(
+    curves: dict[str, dict[int, tuple[float, float]]],
+    reference: list[float] | None = None,
+    pairs: list[tuple[str, str]] | None = None,
+    group: list[str] | None = None,
+) -> dict:
+    """The numbers :func:`main` prints: steps every run of ``group`` (default: all ``curves``)
+    validated, per-step mean / sd / min / max of their PSNR-Y, the reference's offset from the
+    mean and whether it lies in the range, and the paired differences (runs of ``curves``)."""
+    group = list(curves) if group is None else group
+    steps = sorted(set.intersection(*(set(curves[n]) for n in group)))
+    if not steps:
+        raise SystemExit("the runs share no validation step")
+    stats = {}
+    for s in steps:
+        vals = [curves[n][s][0] for n in group]
+        mean, sd = _mean_sd(vals)
+        stats[s] = {"mean": mean, "sd": sd, "min": min(vals), "max": max(vals)}
+    out: dict = {"steps": steps, "stats": stats}
+    if reference is not None:
+        if len(reference) != len(steps):
+            raise SystemExit(
+                f"--reference has {len(reference)} values; the runs share {len(steps)} "
+                f"validation steps ({', '.join(map(str, steps))})"
+            )
+        out["reference"] = {
+            s: {
+                "value": r,
+                "minus_mean": r - stats[s]["mean"],
+                "in_range": stats[s]["min"] <= r <= stats[s]["max"],
+            }
+            for s, r in zip(steps, reference, strict=True)
+        }
+    if pairs:
+        diffs = {}
+        for a, b in pairs:
+            ca, cb = curves[a], curves[b]
+            diffs[(a, b)] = {s: cb[s][0] - ca[s][0] for s in sorted(set(ca) & set(cb))}
+        last = steps[-1]
+        at_last = [d[last] for d in diffs.values() if last in d]
+        mean, sd = _mean_sd(at_last) if at_last else (math.nan, math.nan)
+        out["pairs"] = {
+            "diffs": diffs,
+            "last_step": last,
+            "mean": mean,
+            "se": sd / math.sqrt(len(at_last)) if at_last else math.nan,
+            "n": len(at_last),
+        }
+    return out
+
+
+def _parse_pair(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"--pair {text!r}: expected RUN_A:RUN_B")
+    return a, b
+
+
+def _parse_reference(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--reference {text!r}: expected comma-separated PSNR-Y values"
+        ) from None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="*", help="train_irn.py --out folders (or TensorBoard folders)")
+    p.add_argument("--reference", type=_parse_reference, help="PSNR-Y per shared step, a,b,c")
+    p.add_argument("--pair", type=_parse_pair, action="append", default=[], help="RUN_A:RUN_B")
+    args = p.parse_args(argv)
+    names = list(dict.fromkeys([*args.runs, *(r for pair in args.pair for r in pair)]))
+    if not names:
+        p.error("give at least one run folder")
+    curves = {n: read_curve(n) for n in names}
+    grouped = {n: curves[n] for n in (args.runs or names)}
+    res = summarise(curves, args.reference, args.pair, list(grouped))
+    steps = res["steps"]
+    print("| run | " + " | ".join(map(str, steps)) + " |")
+    print("|---" * (len(steps) + 1) + "|")
+    for n, c in grouped.items():
+        print(f"| {n} | " + " | ".join(f"{c[s][0]:.2f} / {c[s][1]:.4f}" for s in steps) + " |")
+    st = res["stats"]
+    k = len(grouped)
+    print(f"| mean of {k} | " + " | ".join(f"{st[s]['mean']:.2f}" for s in steps) + " |")
+    if k > 1:
+        print("| sd | " + " | ".join(f"{st[s]['sd']:.2f}" for s in steps) + " |")
+        ranges = [f"{st[s]['min']:.2f}-{st[s]['max']:.2f}" for s in steps]
+        print("| range | " + " | ".join(ranges) + " |")
+    if "reference" in res:
+        ref = res["reference"]
+        print("| reference | " + " | ".join(f"{ref[s]['value']:.2f}" for s in steps) + " |")
+        print(
+            "| reference - mean | "
+            + " | ".join(
+                f"{ref[s]['minus_mean']:+.2f}{'' if ref[s]['in_range'] else ' (outside)'}"
+                for s in steps
+            )
+            + " |"
+        )
+    if "pairs" in res:
+        pr = res["pairs"]
+        print()
+        for (a, b), d in pr["diffs"].items():
+            print(f"{b} - {a}: " + ", ".join(f"{s}: {v:+.2f}" for s, v in d.items()))
+        print(
+            f"mean difference at {pr['last_step']} over {pr['n']} pair(s): {pr['mean']:+.3f} dB"
+            + (f", standard error {pr['se']:.3f} dB" if pr["n"] > 1 else "")
+        )
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
