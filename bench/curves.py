@@ -9,6 +9,10 @@ run says little; this is how the README's curve tables and their statistics are 
         --reference 25.72,27.03,28.05,28.35,28.70 \\
         --pair runs/curve_seed10:runs/curve_seed10_amp --pair runs/curve_seed1:runs/curve_seed1_amp
 
+``--plot FILE.png`` draws the curves (Pillow, no plotting library): a colour per run, the
+second run of a pair dashed in its first run's colour, the reference thick black,
+``--bicubic`` as a grey level.
+
 A run is a folder holding ``tb/`` (train_irn.py's default ``--logdir``) or a TensorBoard folder
 itself. ``--pair A:B`` reports ``B - A`` at every step both validated, then the mean of the
 pairs' differences and its standard error (sample standard deviation / sqrt(pairs)).
@@ -21,7 +25,9 @@ import math
 import sys
 from pathlib import Path
 
-__all__ = ["read_curve", "summarise", "main"]
+__all__ = ["read_curve", "summarise", "plot_curves", "main"]
+
+PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#e377c2", "#7f7f7f"]
 
 
 def _event_dir(run: Path) -> Path:
@@ -104,6 +110,88 @@ def summarise(
     return out
 
 
+def plot_curves(
+    lines: list[tuple[str, dict[int, float], bool, int]],
+    path: str | Path,
+    reference: dict[int, float] | None = None,
+    bicubic: float | None = None,
+    title: str = "validation PSNR-Y",
+) -> Path:
+    """A PNG line chart of ``(label, {step: psnr}, dashed, colour index)`` curves (Pillow)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    w, h, left, right, top, bottom = 900, 560, 70, 250, 40, 50
+    font = ImageFont.load_default(size=14)
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    values = [v for _, c, _, _ in lines for v in c.values()]
+    values += list((reference or {}).values()) + ([bicubic] if bicubic is not None else [])
+    steps = sorted({s for _, c, _, _ in lines for s in c} | set(reference or {}))
+    if not values or not steps:
+        raise SystemExit("--plot: nothing to draw")
+    lo, hi = math.floor(min(values)), math.ceil(max(values))
+    hi = hi if hi > lo else lo + 1
+    x0, x1 = steps[0], steps[-1]
+    pad = 20  # pixels between the frame and the first / last step
+
+    def xy(step: float, v: float) -> tuple[float, float]:
+        x = left + pad + (step - x0) / max(x1 - x0, 1) * (w - left - right - 2 * pad)
+        return x, top + (hi - v) / (hi - lo) * (h - top - bottom)
+
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for v in range(lo, hi + 1):
+        _, y = xy(0, v)
+        d.line([left, y, w - right, y], fill="#e6e6e6")
+        d.text((left - 8, y), f"{v}", fill="black", font=font, anchor="rm")
+    for s in steps:
+        x, _ = xy(s, lo)
+        d.text((x, h - bottom + 8), str(s), fill="black", font=font, anchor="mt")
+    d.text((w / 2 - right / 2, 12), title, fill="black", font=font, anchor="mt")
+    d.text((left + (w - left - right) / 2, h - 18), "iteration", fill="black", font=font,
+           anchor="mt")  # fmt: skip
+    legend: list[tuple[str, str, int, bool]] = []
+    if bicubic is not None:
+        _, y = xy(0, bicubic)
+        d.line([left, y, w - right, y], fill="#999999", width=2)
+        legend.append((f"bicubic {bicubic:.2f}", "#999999", 2, False))
+
+    def polyline(curve: dict[int, float], color: str, width: int, dashed: bool) -> None:
+        pts = [xy(s, curve[s]) for s in sorted(curve)]
+        for (xa, ya), (xb, yb) in zip(pts, pts[1:], strict=False):
+            if not dashed:
+                d.line([xa, ya, xb, yb], fill=color, width=width)
+                continue
+            n = max(int(math.hypot(xb - xa, yb - ya) // 8), 1)
+            for i in range(0, n, 2):
+                fa, fb = i / n, min(i + 1, n) / n
+                seg = [xa + (xb - xa) * fa, ya + (yb - ya) * fa]
+                seg += [xa + (xb - xa) * fb, ya + (yb - ya) * fb]
+                d.line(seg, fill=color, width=width)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+
+    for label, curve, dashed, k in lines:
+        color = PALETTE[k % len(PALETTE)]
+        polyline(curve, color, 2, dashed)
+        legend.append((label, color, 2, dashed))
+    if reference:
+        polyline(reference, "black", 4, False)
+        legend.append(("reference", "black", 4, False))
+    for i, (label, color, width, dashed) in enumerate(legend):
+        y = top + 10 + 20 * i
+        xa = w - right + 15
+        if dashed:
+            for k in range(0, 30, 10):
+                d.line([xa + k, y, xa + k + 5, y], fill=color, width=width)
+        else:
+            d.line([xa, y, xa + 30, y], fill=color, width=width)
+        d.text((xa + 38, y), label, fill="black", font=font, anchor="lm")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
 def _parse_pair(text: str) -> tuple[str, str]:
     a, sep, b = text.partition(":")
     if not sep or not a or not b:
@@ -125,6 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("runs", nargs="*", help="train_irn.py --out folders (or TensorBoard folders)")
     p.add_argument("--reference", type=_parse_reference, help="PSNR-Y per shared step, a,b,c")
     p.add_argument("--pair", type=_parse_pair, action="append", default=[], help="RUN_A:RUN_B")
+    p.add_argument("--plot", help="write the curves as a PNG chart to this file")
+    p.add_argument("--bicubic", type=float, help="bicubic PSNR-Y, drawn as a level in --plot")
+    p.add_argument("--title", default="validation PSNR-Y", help="title of --plot")
     args = p.parse_args(argv)
     names = list(dict.fromkeys([*args.runs, *(r for pair in args.pair for r in pair)]))
     if not names:
@@ -164,6 +255,19 @@ def main(argv: list[str] | None = None) -> dict:
             f"mean difference at {pr['last_step']} over {pr['n']} pair(s): {pr['mean']:+.3f} dB"
             + (f", standard error {pr['se']:.3f} dB" if pr["n"] > 1 else "")
         )
+    if args.plot:
+        # a pair's second run: dashed, in the colour of its first
+        partner = {b: a for a, b in args.pair if b not in grouped}
+        firsts = [n for n in names if n not in partner]
+        lines = [
+            (Path(n).name, {s: v[0] for s, v in curves[n].items()}, n in partner,
+             firsts.index(partner.get(n, n)))
+            for n in names
+        ]  # fmt: skip
+        ref = None
+        if args.reference is not None:
+            ref = dict(zip(steps, args.reference, strict=True))
+        print(f"plot: {plot_curves(lines, args.plot, ref, args.bicubic, args.title)}")
     return res
 
 

@@ -64,3 +64,22 @@ def test_curves_errors_name_the_run_or_flag(tmp_path, capsys):
         w.add_scalar("train/loss_total", 1.0, 1)
     with pytest.raises(SystemExit, match=r"e: no validation in its events"):
         curves.main([str(empty)])
+
+
+def test_plot_colours_a_pair_like_its_first_run(tmp_path):
+    from PIL import Image, ImageColor
+
+    a = _run(tmp_path, "a", [20.0, 26.0])
+    b = _run(tmp_path, "b", [22.0, 27.0])
+    a2 = _run(tmp_path, "a_amp", [19.0, 26.5])
+    png = tmp_path / "fig" / "c.png"
+    curves.main([a, b, "--pair", f"{a}:{a2}", "--reference", "25,27.5", "--plot", str(png),
+                 "--bicubic", "24"])  # fmt: skip
+    img = Image.open(png).convert("RGB")
+    assert img.size == (900, 560)
+    colours = {c for _, c in img.getcolors(maxcolors=1 << 20)}
+    want = [ImageColor.getrgb(curves.PALETTE[i]) for i in (0, 1)]
+    assert all(c in colours for c in want) and (0, 0, 0) in colours
+    assert ImageColor.getrgb("#999999") in colours  # the bicubic level
+    # a_amp takes a's colour (dashed), not a third one
+    assert ImageColor.getrgb(curves.PALETTE[2]) not in colours
