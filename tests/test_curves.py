@@ -83,3 +83,20 @@ def test_plot_colours_a_pair_like_its_first_run(tmp_path):
     assert ImageColor.getrgb("#999999") in colours  # the bicubic level
     # a_amp takes a's colour (dashed), not a third one
     assert ImageColor.getrgb(curves.PALETTE[2]) not in colours
+
+
+def test_divergence_runs_start_equal(tmp_path, capsys):
+    """bench/divergence.py: the chunked run computes the same first loss (the same patches and
+    z'; only the order of the sums differs), and the table has a row per step."""
+    from tests_support import tiny_images
+
+    from bench import divergence
+
+    train, val = tiny_images(tmp_path)
+    res = divergence.main(
+        ["--iters", "3", "--batch-size", "2", "--patch-size", "16", "--micro-batch", "1", "--",
+         "--blocks-per-level", "1", "--gc", "4", "--data", str(train), "--val-data", str(val)]
+    )  # fmt: skip
+    assert [r[0] for r in res["rows"]] == [1, 2, 3]
+    assert res["rows"][0][3] < 1e-6
+    assert "relative difference first above 0.0001" in capsys.readouterr().out
