@@ -210,7 +210,12 @@ def _parse_reference(text: str) -> list[float]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="*", help="train_irn.py --out folders (or TensorBoard folders)")
+    p.add_argument(
+        "runs",
+        nargs="*",
+        help="train_irn.py --out folders (or TensorBoard folders) whose statistics are printed; "
+        "none: every run named by --pair",
+    )
     p.add_argument("--reference", type=_parse_reference, help="PSNR-Y per shared step, a,b,c")
     p.add_argument("--pair", type=_parse_pair, action="append", default=[], help="RUN_A:RUN_B")
     p.add_argument("--plot", help="write the curves as a PNG chart to this file")
@@ -259,9 +264,17 @@ def main(argv: list[str] | None = None) -> dict:
         # a pair's second run: dashed, in the colour of its first
         partner = {b: a for a, b in args.pair if b not in grouped}
         firsts = [n for n in names if n not in partner]
+
+        def root(n: str) -> str:  # a chain a:b, b:c colours c like a
+            seen = set()
+            while n in partner and n not in seen:
+                seen.add(n)
+                n = partner[n]
+            return n if n in firsts else firsts[0]
+
         lines = [
             (Path(n).name, {s: v[0] for s, v in curves[n].items()}, n in partner,
-             firsts.index(partner.get(n, n)))
+             firsts.index(root(n)))
             for n in names
         ]  # fmt: skip
         ref = None

@@ -83,6 +83,11 @@ def test_plot_colours_a_pair_like_its_first_run(tmp_path):
     assert ImageColor.getrgb("#999999") in colours  # the bicubic level
     # a_amp takes a's colour (dashed), not a third one
     assert ImageColor.getrgb(curves.PALETTE[2]) not in colours
+    # a chain a:a_amp, a_amp:a_mb draws a_mb in a's colour too
+    a3 = _run(tmp_path, "a_mb", [21.0, 26.2])
+    curves.main([a, b, "--pair", f"{a}:{a2}", "--pair", f"{a2}:{a3}", "--plot", str(png)])
+    colours = {c for _, c in Image.open(png).convert("RGB").getcolors(maxcolors=1 << 20)}
+    assert ImageColor.getrgb(curves.PALETTE[2]) not in colours
 
 
 def test_divergence_runs_start_equal(tmp_path, capsys):
