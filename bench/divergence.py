@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> dict:
         for name, chunk in (("whole", []), ("chunked", ["--micro-batch", str(args.micro_batch)])):
             out = train_irn.main([*common, *chunk, "--out", str(Path(tmp) / name)])
             losses[name] = [float(h["total"]) for h in out["history"]]
+    if len(losses["whole"]) != len(losses["chunked"]):
+        raise SystemExit(
+            f"the runs logged {len(losses['whole'])} and {len(losses['chunked'])} steps (a "
+            "non-finite loss skipped a step); nothing to compare step by step"
+        )
     rows = []
     whole, chunked = f"batch of {args.batch_size}", f"chunks of {args.micro_batch}"
     print(f"step  {'loss, ' + whole:>18}  {'loss, ' + chunked:>18}  rel. diff")
