@@ -61,9 +61,9 @@ from common.config import ConfigError, config_to_dict, configclass, parse_config
 from common.images import ImageReadError, load_image, save_image
 from common.metrics import modcrop, quantize_to_uint8, rgb_to_y
 from common.runtime import ProgressLogger, resolve_device, set_num_threads
-from irn.checkpoints import load_irn
+from irn.checkpoints import is_color_checkpoint, load_color_checkpoint, load_irn
 from irn.color import METRIC_KEYS as COLOR_METRIC_KEYS
-from irn.color import evaluate_color, is_color_checkpoint, load_color_checkpoint
+from irn.color import evaluate_color
 from irn.data import SAMPLE_VAL, NamedImage, load_folder, sample_photos
 from irn.evaluation import (
     HR_KEYS,

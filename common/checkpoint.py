@@ -420,6 +420,29 @@ def restore_checkpoint(
         raise CheckpointError(f"{source} has no integer 'step'") from None
 
 
+def pack_np_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A numpy bit-generator state (PCG64: integers beyond 64 bits) as strings, so that a
+    checkpoint holding it loads with ``weights_only=True``; :func:`unpack_np_state` inverts it."""
+    inner = state["state"]
+    return {
+        "bit_generator": state["bit_generator"],
+        "state": str(inner["state"]),
+        "inc": str(inner["inc"]),
+        "has_uint32": int(state["has_uint32"]),
+        "uinteger": int(state["uinteger"]),
+    }
+
+
+def unpack_np_state(packed: Mapping[str, Any]) -> dict[str, Any]:
+    """The numpy bit-generator state packed by :func:`pack_np_state`."""
+    return {
+        "bit_generator": packed["bit_generator"],
+        "state": {"state": int(packed["state"]), "inc": int(packed["inc"])},
+        "has_uint32": int(packed["has_uint32"]),
+        "uinteger": int(packed["uinteger"]),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Files of an output directory
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Rescaling Network and Its Extensions", IJCV 2023, arXiv:2210.04188, the decolori
 task): ``gray`` (1 channel) should look like the luminance of ``x`` and is stored as an 8-bit
 image; ``z`` (2 channels) carries the colour and is pushed towards ``N(0, I)``, so the colour is
 restored as ``f^-1(Quant(gray), z)`` with a freshly drawn ``z`` (or ``z = 0``). The objective is
-IRN's (SPEC sec. 3) with the luminance in place of the bicubic LR.
+IRN's (IRN, ECCV 2020, sec. 3.3; docs/method.md) with the luminance in place of the bicubic LR.
 
 Usage::
 
@@ -16,15 +16,15 @@ Usage::
     losses = color_losses(model, rgb)         # {"total", "guide", "recon", "distr"}
     rows = evaluate_color(model, [img_hwc])   # per-image gray and colour PSNR/SSIM
 
-Training and evaluation: ``python train_irn.py --task color`` and
-``python evaluate.py --checkpoint runs/irn_color/last.pt``.
+Training and evaluation: ``python train_irn_color.py`` and
+``python evaluate_color.py --checkpoint runs/irn_color/last.pt``; checkpoints are read by
+``irn/checkpoints.py``.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,8 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
-from common.config import ConfigError, config_from_dict
 from common.conv1x1 import InvConv1x1
 from common.coupling import EnhancedAffineCoupling
 from common.metrics import image_metrics, psnr, quantize_to_uint8, ssim
@@ -52,8 +50,6 @@ __all__ = [
     "IRNColor",
     "color_losses",
     "evaluate_color",
-    "is_color_checkpoint",
-    "load_color_checkpoint",
     "luminance_reference",
     "preview_color",
 ]
@@ -73,7 +69,6 @@ RGB_TO_YUV = (
 COLOR_LAMBDA_GUIDE = 3.0
 # The authors' IRN-Color uses 8 enhanced couplings after the colour transform (``block_num: [8]``).
 DEFAULT_COUPLINGS = 8
-TASK = "color"
 
 
 def luminance_reference(rgb: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
@@ -327,7 +322,7 @@ def color_losses(
     quantize_recon_loss: bool = False,
     amp: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """IRN's objective for decolourisation (IRN sec. 3.3, SPEC sec. 3; IJCV IRN-Color).
+    """IRN's objective for decolourisation (IRN, ECCV 2020, sec. 3.3; IJCV IRN-Color).
 
     ``(gray, z_f) = f(x)``;
     ``L_guide = mean_b sum rho_g(gray - luminance_reference(x))`` on the unquantised gray
@@ -419,8 +414,9 @@ def evaluate_color(
 
     * ``gray' = Quant(f(x)[:, :1])`` as uint8 against the uint8 :func:`luminance_reference`:
       ``gray_psnr``, ``gray_ssim`` (one channel, 0..255 scale, no border crop);
-    * colour restoration ``x' = f^-1(gray', z)`` to uint8, against ``x`` as uint8 (SPEC sec. 4
-      conventions, no border crop): ``psnr_rgb``, ``ssim_rgb``, ``psnr_y``, ``ssim_y`` (Y = the
+    * colour restoration ``x' = f^-1(gray', z)`` to uint8, against ``x`` as uint8 (the
+      evaluation's conventions, docs/method.md; no border crop): ``psnr_rgb``, ``ssim_rgb``,
+      ``psnr_y``, ``ssim_y`` (Y = the
       MATLAB BT.601 Y of the evaluation) as the mean over ``draws`` samples
       ``z ~ N(0, temperature^2)`` (one draw when ``temperature == 0``), and the same with
       ``z = 0`` under ``*_z0``;
@@ -447,61 +443,76 @@ def evaluate_color(
     rows: list[dict[str, Any]] = []
     try:
         for index, img in enumerate(images):
-            if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
-                got = img.shape if isinstance(img, np.ndarray) else type(img).__name__
-                raise ValueError(
-                    f"evaluate_color: image {index} must be an RGB array [H, W, 3], got {got}"
-                )
-            if min(img.shape[:2]) < 11:
-                raise ValueError(
-                    f"evaluate_color: image {index} is {img.shape[1]}x{img.shape[0]}; SSIM needs "
-                    "at least 11x11 pixels"
-                )
+            _check_image(img, index)
             start = time.perf_counter()
-            hr = img.astype(np.float32, copy=False)
-            x = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].to(device)
-            with autocast_context(device, amp):
-                y, _ = inner(x)
-            gray_u8 = _u8_hwc(y[:, :1])[..., 0]
-            ref_u8 = quantize_to_uint8(luminance_reference(hr))
-            hr_u8 = quantize_to_uint8(hr.astype(np.float64))
-            gray_q = torch.from_numpy(gray_u8.astype(np.float32) / 255.0)[None, None].to(device)
-
-            gen = torch.Generator(device=device).manual_seed(int(seed))
-            z_shape = (1, IRNColor.z_channels, *gray_q.shape[2:])
-            zero = _restore(inner, gray_q, gray_q.new_zeros(z_shape), amp)
-            sampled, first = [], None
-            for _ in range(n):
-                if temperature == 0:
-                    rec = zero
-                else:
-                    z = torch.randn(z_shape, generator=gen, device=device) * temperature
-                    rec = _restore(inner, gray_q, z, amp)
-                first = rec if first is None else first
-                sampled.append(image_metrics(hr_u8, rec))
-            z0 = image_metrics(hr_u8, zero)
-            gray3 = np.repeat(ref_u8[..., None], 3, axis=2)
-            row: dict[str, Any] = {
-                "gray_psnr": psnr(ref_u8, gray_u8),
-                "gray_ssim": ssim(ref_u8, gray_u8),
-            }
-            for key in ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y"):
-                row[key] = float(np.mean([m[key] for m in sampled]))
-            for key in ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y"):
-                row[f"{key}_z0"] = z0[key]
-            row["nocolor_psnr_rgb"] = psnr(hr_u8, gray3)
-            row["nocolor_ssim_rgb"] = ssim(hr_u8, gray3)
-            row["draws"] = n
-            row["draw_psnr_rgb"] = [m["psnr_rgb"] for m in sampled]
+            row = _color_row(inner, img, n, temperature, seed, device, amp, return_images)
             row["seconds"] = time.perf_counter() - start
-            if return_images:
-                row["gray"] = gray_u8
-                row["rgb_rec"] = np.ascontiguousarray(first)
-                row["rgb_rec_z0"] = zero
             rows.append(row)
     finally:
         inner.train(was_training)
     return rows
+
+
+def _check_image(img: Any, index: int) -> None:
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+        got = img.shape if isinstance(img, np.ndarray) else type(img).__name__
+        raise ValueError(
+            f"evaluate_color: image {index} must be an RGB array [H, W, 3], got {got}"
+        )
+    if min(img.shape[:2]) < 11:
+        raise ValueError(
+            f"evaluate_color: image {index} is {img.shape[1]}x{img.shape[0]}; SSIM needs "
+            "at least 11x11 pixels"
+        )
+
+
+def _color_row(
+    inner: nn.Module,
+    img: np.ndarray,
+    n: int,
+    temperature: float,
+    seed: int,
+    device: torch.device,
+    amp: bool,
+    return_images: bool,
+) -> dict[str, Any]:
+    """One image's row of :func:`evaluate_color` (without ``seconds``)."""
+    hr = img.astype(np.float32, copy=False)
+    x = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].to(device)
+    with autocast_context(device, amp):
+        y, _ = inner(x)
+    gray_u8 = _u8_hwc(y[:, :1])[..., 0]
+    ref_u8 = quantize_to_uint8(luminance_reference(hr))
+    hr_u8 = quantize_to_uint8(hr.astype(np.float64))
+    gray_q = torch.from_numpy(gray_u8.astype(np.float32) / 255.0)[None, None].to(device)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    z_shape = (1, IRNColor.z_channels, *gray_q.shape[2:])
+    zero = _restore(inner, gray_q, gray_q.new_zeros(z_shape), amp)
+    sampled, first = [], None
+    for _ in range(n):
+        if temperature == 0:
+            rec = zero
+        else:
+            z = torch.randn(z_shape, generator=gen, device=device) * temperature
+            rec = _restore(inner, gray_q, z, amp)
+        first = rec if first is None else first
+        sampled.append(image_metrics(hr_u8, rec))
+    z0 = image_metrics(hr_u8, zero)
+    gray3 = np.repeat(ref_u8[..., None], 3, axis=2)
+    row: dict[str, Any] = {"gray_psnr": psnr(ref_u8, gray_u8), "gray_ssim": ssim(ref_u8, gray_u8)}
+    for key in ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y"):
+        row[key] = float(np.mean([m[key] for m in sampled]))
+    for key in ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y"):
+        row[f"{key}_z0"] = z0[key]
+    row["nocolor_psnr_rgb"] = psnr(hr_u8, gray3)
+    row["nocolor_ssim_rgb"] = ssim(hr_u8, gray3)
+    row["draws"] = n
+    row["draw_psnr_rgb"] = [m["psnr_rgb"] for m in sampled]
+    if return_images:
+        row["gray"] = gray_u8
+        row["rgb_rec"] = np.ascontiguousarray(first)
+        row["rgb_rec_z0"] = zero
+    return row
 
 
 @torch.no_grad()
@@ -539,85 +550,3 @@ def preview_color(
         "3_rgb_restored": rec,
         "4_abs_error_x4": err.astype(np.float32),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-
-def _color_config_dict(obj: Any) -> Mapping[str, Any] | None:
-    """``obj["config"]`` if ``obj`` is a training checkpoint with ``config["task"] == "color"``."""
-    if not isinstance(obj, Mapping):
-        return None
-    config = obj.get("config")
-    if isinstance(config, Mapping) and config.get("task") == TASK:
-        return config
-    return None
-
-
-def is_color_checkpoint(path_or_obj: str | os.PathLike | Mapping[str, Any]) -> bool:
-    """Whether a checkpoint (file or loaded dict) was written by ``train_irn.py --task color``.
-
-    A file that cannot be read gives False (the caller's own loader reports the error).
-    """
-    if isinstance(path_or_obj, Mapping):
-        return _color_config_dict(path_or_obj) is not None
-    try:
-        obj = load_checkpoint(path_or_obj, map_location="cpu", mmap=True)
-    except CheckpointError:
-        return False
-    return _color_config_dict(obj) is not None
-
-
-def load_color_checkpoint(
-    path_or_obj: str | os.PathLike | Mapping[str, Any], map_location: Any = "cpu"
-) -> tuple[IRNColor, dict[str, Any]]:
-    """Rebuild an :class:`IRNColor` (eval mode) from a ``train_irn.py --task color`` checkpoint.
-
-    The architecture comes from ``config["model"]`` (the :class:`IRNColorConfig` fields), the
-    weights from ``"model"`` (loaded strictly).
-
-    Returns:
-        ``(model, info)`` with ``info = {"kind": "ours", "task": "color", "step", "config",
-        "path"}``.
-
-    Raises:
-        CheckpointError: naming the file when it is unreadable, not a colour checkpoint, or its
-            weights do not fit the architecture it describes.
-    """
-    if isinstance(path_or_obj, Mapping):
-        name, path, obj = "checkpoint object", None, path_or_obj
-    else:
-        name, path = str(path_or_obj), str(path_or_obj)
-        obj = load_checkpoint(path_or_obj, map_location=map_location)
-    config = _color_config_dict(obj)
-    if config is None:
-        raise CheckpointError(
-            f"{name}: not an IRN-Color checkpoint (expected config['task'] == 'color', as "
-            "written by train_irn.py --task color)"
-        )
-    stored = config.get("model")
-    if not isinstance(stored, Mapping):
-        raise CheckpointError(
-            f"{name}: config has no 'model' entry with the IRNColorConfig fields"
-        )
-    try:
-        cfg = config_from_dict(IRNColorConfig, stored)
-    except (ConfigError, TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"{name}: config['model'] does not describe an IRNColor ({err}); stored: "
-            f"{dict(stored)}"
-        ) from None
-    model = load_weights_strict(
-        IRNColor(cfg), obj.get("model"), name, f"IRNColor({cfg})", map_location
-    )
-    step = obj.get("step")
-    info = {
-        "kind": "ours",
-        "task": TASK,
-        "step": int(step) if isinstance(step, int) else None,
-        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-        "path": path,
-    }
-    return model.eval(), info

@@ -1,4 +1,4 @@
-"""The Invertible Rescaling Network (IRN) and compatibility with the authors' checkpoints.
+"""The Invertible Rescaling Network (IRN): its configuration and the model.
 
 ``IRN`` is one invertible map ``f: x_HR -> (y_LR, z)`` (Xiao et al., "Invertible Image
 Rescaling", ECCV 2020, arXiv:2005.05650, sec. 3.1-3.2): downscaling is ``f`` (keep the first
@@ -11,18 +11,15 @@ Usage::
     y, logdet = model(hr)                # y[:, :3] the LR, y[:, 3:] z
     lr = model.downscale(hr)             # 8-bit LR, straight-through gradient
     sr = model.upscale(lr)               # z ~ N(0, 1); temperature=0 gives z = 0
-    model = load_authors_checkpoint("IRN_x4.pth")   # the authors' released weights
+
+Checkpoints (ours and the authors' released weights) are read and written by
+``irn/checkpoints.py``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
-from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -31,15 +28,15 @@ from torch import nn
 from common.actnorm import ActNorm
 from common.coupling import EnhancedAffineCoupling, SubnetConstructor
 from common.downsampling import ConvDownsampling
-from common.haar import HaarDownsampling, haar_kernel
+from common.haar import HaarDownsampling
 from common.quantize import quantize_ste
 from common.sequential import FlowSequential
 from common.subnets import dense_block
 
-__all__ = ["IRNConfig", "IRN", "load_authors_checkpoint", "to_authors_state_dict"]
+__all__ = ["IRNConfig", "IRN"]
 
 SCALES = (2, 3, 4, 8)
-# The authors' choice of couplings after each downsampling (SPEC sec. 2).
+# The authors' choice of couplings after each downsampling (IRN, ECCV 2020, sec. 4.1).
 DEFAULT_BLOCKS = {2: 8, 3: 12, 4: 8, 8: 8}
 
 
@@ -90,7 +87,7 @@ def check_coupling_fields(cfg: Any) -> None:
 
 @dataclass
 class IRNConfig:
-    """Architecture of an :class:`IRN`; the defaults are the authors' (SPEC sec. 2)."""
+    """Architecture of an :class:`IRN`; the defaults are the authors' (ECCV 2020, sec. 4.1)."""
 
     scale: Literal[2, 3, 4, 8] = field(
         default=4,
@@ -169,7 +166,7 @@ def _subnet_constructor(cfg: IRNConfig) -> SubnetConstructor:
 class IRN(nn.Module):
     """Invertible Rescaling Network: ``x_HR -> (y_LR, z)`` and back.
 
-    Structure (IRN sec. 3.2; SPEC sec. 2), ``C = in_channels``:
+    Structure (IRN, ECCV 2020, sec. 3.2; docs/method.md, "The network"), ``C = in_channels``:
 
     * x2, x4, x8: ``log2(scale)`` levels, each a :class:`~common.haar.HaarDownsampling`
       (``C_l -> 4 C_l`` channels, half the size) followed by ``blocks_per_level``
@@ -316,7 +313,7 @@ class IRN(nn.Module):
         return y[:, : self.in_channels], y[:, self.in_channels :]
 
     def downscale(self, hr: torch.Tensor) -> torch.Tensor:
-        """The 8-bit LR image ``Quant(f(hr)[:, :C])`` (IRN sec. 3.3, SPEC sec. 3-4).
+        """The 8-bit LR image ``Quant(f(hr)[:, :C])`` (IRN, ECCV 2020, sec. 3.3; docs/method.md).
 
         Quantised by :func:`~common.quantize.quantize_ste` (clamp to [0, 1], round to 1/255,
         straight-through gradient), so it can be used in training; float32 (or float64).
@@ -367,238 +364,3 @@ class IRN(nn.Module):
                 )
         hr, _ = self.inverse(torch.cat([lr, z.to(lr.dtype)], dim=1))
         return hr
-
-
-# ---------------------------------------------------------------------------------------------
-# The authors' checkpoint layout
-# ---------------------------------------------------------------------------------------------
-
-_AUTHORS_KEY = re.compile(
-    r"^operations\.(\d+)\.(?:(haar_weights)|([FGH])\.conv([1-5])\.(weight|bias))$"
-)
-_LAYOUT = (
-    "the authors' InvRescaleNet layout: operations.{i}.haar_weights (Haar levels) and "
-    "operations.{i}.{F,G,H}.conv{1..5}.{weight,bias} (couplings)"
-)
-
-
-def to_authors_state_dict(model: IRN) -> OrderedDict[str, torch.Tensor]:
-    """``model``'s weights in the authors' key layout, with their fixed ``haar_weights`` inserted.
-
-    The result loads into the authors' ``InvRescaleNet`` and back through
-    :func:`load_authors_checkpoint`. Tensors are shared with the model (as ``state_dict()``).
-    Refused for x3 (no Haar layout) and for a clamp the authors' code cannot express.
-    """
-    if not isinstance(model, IRN):
-        raise ValueError(f"to_authors_state_dict: expected an IRN, got {type(model).__name__}")
-    cfg = model.config
-    if cfg.scale == 3:
-        raise ValueError(
-            "to_authors_state_dict: IRN(x3) uses a learnable ConvDownsampling; only the Haar "
-            "models (x2, x4, x8) have the authors' checkpoint layout"
-        )
-    if cfg.actnorm:
-        raise ValueError(
-            "to_authors_state_dict: this model has ActNorm layers (actnorm=True), which the "
-            "authors' InvRescaleNet does not have"
-        )
-    if cfg.clamp != 1.0 or cfg.clamp_tightness != 1.0:
-        raise ValueError(
-            f"to_authors_state_dict: the authors' code fixes clamp=1 and clamp_tightness=1, "
-            f"this model has clamp={cfg.clamp}, clamp_tightness={cfg.clamp_tightness}"
-        )
-    ref = next(model.parameters())
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for i, op in enumerate(model.operations):
-        if isinstance(op, HaarDownsampling):
-            kernel = haar_kernel(op.channels).to(dtype=ref.dtype, device=ref.device)
-            out[f"operations.{i}.haar_weights"] = kernel
-        else:
-            for name, tensor in op.state_dict().items():
-                out[f"operations.{i}.{name}"] = tensor
-    return out
-
-
-def _read(source: Any, map_location: Any) -> tuple[Mapping[str, Any], str]:
-    """The raw mapping and a name for messages, from a path or a mapping."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise ValueError(f"{name}: no such checkpoint file")
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as err:  # unpickling errors come in many types
-            first = (str(err).strip().splitlines() or [""])[0][:200]
-            raise ValueError(
-                f"{name}: cannot be read as a PyTorch checkpoint with "
-                f"torch.load(weights_only=True) ({type(err).__name__}: {first}); expected a "
-                f"state_dict in {_LAYOUT}"
-            ) from err
-    elif isinstance(source, Mapping):
-        obj, name = source, "state_dict argument"
-    else:
-        raise ValueError(
-            "load_authors_checkpoint: expected a file path or a state_dict, "
-            f"got {type(source).__name__}"
-        )
-    if not isinstance(obj, Mapping):
-        raise ValueError(
-            f"{name}: expected a state_dict (a dict of tensors), got {type(obj).__name__}"
-        )
-    return obj, name
-
-
-def _unwrap(obj: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
-    """The state_dict inside ``obj``, ``module.`` prefixes (DataParallel) stripped."""
-    if not obj:
-        raise ValueError(f"{name}: empty checkpoint; expected a state_dict in {_LAYOUT}")
-    sd = obj
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                sd = obj[key]
-                break
-        else:
-            raise ValueError(
-                f"{name}: not a state_dict (some values are not tensors) and no 'state_dict' or "
-                f"'model' entry holding one; top-level keys: {sorted(map(str, obj))[:10]}"
-            )
-        name = f"{name}[{key!r}]"
-    if not sd:
-        raise ValueError(f"{name}: empty state_dict; expected {_LAYOUT}")
-    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"{name}: entries that are not tensors: {bad[:5]}")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return dict(sd)
-
-
-def _infer_config(sd: Mapping[str, torch.Tensor], name: str) -> IRNConfig:
-    """Scale, couplings per level, channels and growth from the keys and shapes."""
-    unknown = [k for k in sd if not _AUTHORS_KEY.match(k)]
-    if unknown:
-        raise ValueError(
-            f"{name}: not an IRN checkpoint in the authors' layout: {len(unknown)} unexpected "
-            f"key(s), e.g. {unknown[:5]}; expected only {_LAYOUT}"
-        )
-    ops: dict[int, set[str]] = {}
-    for key in sd:
-        index, rest = key.split(".", 2)[1:]
-        ops.setdefault(int(index), set()).add(rest)
-    haar = sorted(i for i, names in ops.items() if "haar_weights" in names)
-    if not haar:
-        raise ValueError(
-            f"{name}: no operations.{{i}}.haar_weights entry; expected {_LAYOUT}. (This project's "
-            "own IRN checkpoints omit them: rebuild with IRN(IRNConfig(**ckpt['config'])) and "
-            "load_state_dict instead; x3 models have no authors' layout here.)"
-        )
-    n_ops = max(ops) + 1
-    absent = [i for i in range(n_ops) if i not in ops]
-    if absent:
-        raise ValueError(
-            f"{name}: missing every key of operation(s) {absent[:5]} (expected "
-            f"operations.{{i}}.haar_weights or operations.{{i}}.F/G/H.conv1..5 for each i "
-            f"in 0..{n_ops - 1})"
-        )
-    mixed = [i for i in haar if len(ops[i]) > 1]
-    if mixed:
-        raise ValueError(f"{name}: operations.{mixed[0]} holds both haar_weights and a coupling")
-    if haar[0] != 0:
-        raise ValueError(f"{name}: expected operations.0.haar_weights (the first Haar level)")
-    if len(haar) > 3:
-        raise ValueError(
-            f"{name}: {len(haar)} Haar levels (x{2 ** len(haar)}); supported: 1, 2, 3 (x2, x4, x8)"
-        )
-    bounds = [*haar, n_ops]
-    per_level = [bounds[j + 1] - bounds[j] - 1 for j in range(len(haar))]
-    if len(set(per_level)) != 1 or per_level[0] < 1:
-        raise ValueError(
-            f"{name}: couplings after each Haar level are {per_level}; expected the same "
-            "number (>= 1) at every level"
-        )
-    first = sd["operations.0.haar_weights"]
-    if first.dim() != 4 or first.shape[0] % 4 or tuple(first.shape[1:]) != (1, 2, 2):
-        raise ValueError(
-            f"{name}: operations.0.haar_weights has shape {tuple(first.shape)}; expected "
-            "[4*C, 1, 2, 2]"
-        )
-    in_channels = first.shape[0] // 4
-    for level, i in enumerate(haar):
-        key = f"operations.{i}.haar_weights"
-        expected = haar_kernel(in_channels * 4**level)
-        got = sd[key]
-        if tuple(got.shape) != tuple(expected.shape):
-            raise ValueError(
-                f"{name}: {key} has shape {tuple(got.shape)}; expected {tuple(expected.shape)} "
-                f"at Haar level {level}"
-            )
-        if not torch.equal(got.detach().to("cpu", torch.float32), expected):
-            raise ValueError(
-                f"{name}: {key} is not the canonical Haar kernel (common.haar_kernel"
-                f"({in_channels * 4**level})); refusing a modified Haar transform"
-            )
-    growth = [v.shape[0] for k, v in sd.items() if re.search(r"\.conv[1-4]\.weight$", k)]
-    if not growth:
-        raise ValueError(f"{name}: no coupling convolution weights found; expected {_LAYOUT}")
-    return IRNConfig(
-        scale=2 ** len(haar),
-        blocks_per_level=per_level[0],
-        gc=int(growth[0]),
-        in_channels=int(in_channels),
-    )
-
-
-def load_authors_checkpoint(
-    path_or_state_dict: str | os.PathLike | Mapping[str, Any], map_location: Any = "cpu"
-) -> IRN:
-    """Build an :class:`IRN` from the IRN authors' released weights (x2, x4, x8).
-
-    Accepts a file path (read with ``torch.load(..., weights_only=True)``), a state_dict, or a
-    dict holding one under ``"state_dict"`` or ``"model"``. A ``module.`` prefix (DataParallel)
-    is stripped. The scale and couplings per level are inferred from the positions of the
-    ``operations.{i}.haar_weights`` entries, the channel count from their shapes and the
-    subnet growth from the convolution shapes; every ``haar_weights`` must equal the canonical
-    :func:`~common.haar.haar_kernel`. Unknown, missing, misshapen, non-finite or non-float
-    entries are refused with a ``ValueError`` naming the source and what was expected.
-    ``clamp`` and ``clamp_tightness`` are not stored by the authors and take their value 1.
-
-    Returns:
-        The model in eval mode (moved to ``map_location`` when it is a device or a string).
-    """
-    obj, name = _read(path_or_state_dict, map_location)
-    sd = _unwrap(obj, name)
-    cfg = _infer_config(sd, name)
-    model = IRN(cfg)
-    expected = to_authors_state_dict(model)
-    missing = [k for k in expected if k not in sd]
-    if missing:
-        raise ValueError(
-            f"{name}: {len(missing)} missing key(s) for an IRN x{cfg.scale} with "
-            f"{cfg.blocks_per_level} couplings per level: {missing[:5]}"
-        )
-    extra = [k for k in sd if k not in expected]
-    if extra:  # pragma: no cover - excluded by the key pattern and the structure checks
-        raise ValueError(f"{name}: unexpected key(s) {extra[:5]}")
-    wrong = [
-        f"{k}: {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    if wrong:
-        raise ValueError(
-            f"{name}: {len(wrong)} tensor(s) with the wrong shape for an IRN x{cfg.scale} "
-            f"(in_channels={cfg.in_channels}, gc={cfg.gc}): {wrong[:3]}"
-        )
-    not_float = [k for k, v in sd.items() if not v.is_floating_point()]
-    if not_float:
-        raise ValueError(f"{name}: non-floating-point tensors: {not_float[:5]}")
-    not_finite = [k for k, v in sd.items() if not torch.isfinite(v).all()]
-    if not_finite:
-        raise ValueError(f"{name}: tensors containing NaN or inf: {not_finite[:5]}")
-    weights = {k: v for k, v in sd.items() if not k.endswith(".haar_weights")}
-    model.load_state_dict(weights, strict=True)
-    if isinstance(map_location, (str, torch.device)):
-        model.to(map_location)
-    return model.eval()

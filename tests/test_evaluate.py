@@ -153,7 +153,7 @@ def test_authors_checkpoint(fixtures_dir, photos, tmp_path, capsys):
     doc = json.loads(out_json.read_text())
     assert doc["settings"]["checkpoint_kind"] == "authors" and doc["settings"]["scale"] == 2
     row = doc["datasets"][0]["images"][0]
-    from irn.model import load_authors_checkpoint
+    from irn.checkpoints import load_authors_checkpoint
 
     direct = ev.evaluate_rescaling(
         load_authors_checkpoint(ckpt), load_image(data / "c.png"), draws=1

@@ -9,8 +9,13 @@ import torch
 from flow_checks import perturb_
 
 from common.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
-from irn.checkpoints import checkpoint_kind, load_irn
-from irn.model import IRN, IRNConfig, load_authors_checkpoint, to_authors_state_dict
+from irn.checkpoints import (
+    checkpoint_kind,
+    load_authors_checkpoint,
+    load_irn,
+    to_authors_state_dict,
+)
+from irn.model import IRN, IRNConfig
 
 TINY = IRNConfig(scale=4, blocks_per_level=1, gc=4)
 
