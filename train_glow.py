@@ -1,4 +1,4 @@
-"""Train Glow on the 8x8 digits ("MNIST8", SPEC sec. 7); report test bits/dim and FD-digits.
+"""Train Glow on the 8x8 digits (the dissertation's "MNIST8"); report test bits/dim and FD-digits.
 
 The dissertation's setting (flat Glow: actnorm -> fixed permutation -> affine coupling, 8 steps,
 Adam lr 1e-3, batch 32, 5 epochs; seconds on a CPU)::
@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,11 +34,8 @@ from common.checkpoint import (
     CheckpointError,
     checkpoint_path,
     load_checkpoint,
-    make_checkpoint,
     prune_checkpoints,
     resolve_resume,
-    restore_checkpoint,
-    save_checkpoint,
 )
 from common.config import (
     ConfigError,
@@ -50,7 +47,6 @@ from common.config import (
     dataclass_from_args,
 )
 from common.runtime import (
-    GracefulInterrupt,
     NonFiniteGuard,
     ProgressLogger,
     TensorBoardLogger,
@@ -58,6 +54,7 @@ from common.runtime import (
     resolve_device,
     seed_everything,
 )
+from common.training import TrainState, interrupted_message, restore_state, run_steps, save_state
 from glow.data import (
     IMAGE_SHAPE,
     NUM_DIMS,
@@ -227,6 +224,42 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@dataclass
+class GlowRun(TrainState):
+    """A Glow training run: :class:`~common.training.TrainState` plus the position in training
+    (next batch ``batch`` of epoch ``epoch``), that epoch's running sums, the data and the
+    logs."""
+
+    cfg: TrainGlowConfig | None = None
+    model_cfg: GlowConfig | None = None
+    device: torch.device = torch.device("cpu")
+    out_dir: Path = Path("runs/glow")
+    data: Any = None
+    test_x: torch.Tensor | None = None
+    per_epoch: int = 1
+    epoch: int = 0
+    batch: int = 0
+    epoch_nll: float = 0.0
+    epoch_count: int = 0
+    train_time: float = 0.0
+    samples: int = 0
+    t_epoch: float | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    classifier: torch.nn.Module | None = None
+    tb: TensorBoardLogger | None = None
+    progress: ProgressLogger | None = None
+    step_callback: Callable[[int, float], None] | None = None
+
+    def config_dict(self) -> dict[str, Any]:
+        return {**config_to_dict(self.cfg), "model": config_to_dict(self.model_cfg)}
+
+    def extra(self) -> dict[str, Any]:
+        """The position in training and the running sums, stored in every checkpoint."""
+        keys = ("epoch", "batch", "epoch_nll", "epoch_count", "train_time", "samples")
+        return {**{k: getattr(self, k) for k in keys}, "history": self.history}
+
+
 def main(
     argv: list[str] | None = None,
     step_callback: Callable[[int, float], None] | None = None,
@@ -246,224 +279,247 @@ def main(
         torch.set_num_threads(previous_threads)
 
 
-def _train(
-    model_cfg: GlowConfig,
-    cfg: TrainGlowConfig,
-    step_callback: Callable[[int, float], None] | None,
-) -> dict[str, Any]:
+def build_run(model_cfg: GlowConfig, cfg: TrainGlowConfig) -> GlowRun:
+    """Data, model (weights from ``cfg.seed``), optimiser and guard of a fresh run."""
     try:
         device = resolve_device(cfg.device)
     except (RuntimeError, ValueError) as err:
         raise SystemExit(f"train_glow.py: error: --device: {err}") from None
-    out_dir = Path(cfg.out)
     data = load_digits_split(seed=cfg.data_seed)
-    test_x = fixed_dequantized(data.test, seed=cfg.data_seed).to(device)
-    per_epoch = num_batches(len(data.train), cfg.batch_size)
-
     seed_everything(cfg.seed)
     model = Glow(model_cfg).to(device)
-    optimizer = make_optimizer(model, cfg)
-    guard = NonFiniteGuard(cfg.max_nonfinite)
-    config_dict = {**config_to_dict(cfg), "model": config_to_dict(model_cfg)}
+    return GlowRun(
+        model=model,
+        optimizer=make_optimizer(model, cfg),
+        guard=NonFiniteGuard(cfg.max_nonfinite),
+        cfg=cfg,
+        model_cfg=model_cfg,
+        device=device,
+        out_dir=Path(cfg.out),
+        data=data,
+        test_x=fixed_dequantized(data.test, seed=cfg.data_seed).to(device),
+        per_epoch=num_batches(len(data.train), cfg.batch_size),
+    )
 
-    # Position in training: next batch `batch` of epoch `epoch`; running sums of that epoch.
-    step, epoch, batch = 0, 0, 0
-    epoch_nll, epoch_count, train_time, samples = 0.0, 0, 0.0, 0
-    history: list[dict[str, float]] = []
-    resume = resolve_resume(cfg.resume, out_dir)
+
+def restore_run(run: GlowRun, resume: Path) -> None:
+    """Continue the run in ``resume``: refuses another model, or another batch size mid-epoch;
+    restores the state, the position in training and the running sums."""
+    cfg = run.cfg
+    ckpt = load_checkpoint(resume, required_keys=("model", "config", "extra"))
+    needed = ("epoch", "batch", "epoch_nll", "epoch_count", "train_time", "samples", "history")
+    if (
+        not isinstance(ckpt["config"], dict)
+        or "model" not in ckpt["config"]
+        or any(key not in (ckpt["extra"] or {}) for key in needed)
+    ):
+        raise CheckpointError(f"--resume {resume}: not a checkpoint written by train_glow.py")
+    stored = config_from_dict(GlowConfig, ckpt["config"]["model"])
+    if stored != run.model_cfg:
+        raise SystemExit(
+            f"train_glow.py: error: --resume {resume}: the checkpoint's model {stored} "
+            f"differs from the flags' {run.model_cfg}; pass the same model flags"
+        )
+    extra = ckpt["extra"]
+    stored_batch = ckpt["config"].get("batch_size")
+    if extra["batch"] and stored_batch != cfg.batch_size:
+        raise SystemExit(
+            f"train_glow.py: error: --resume {resume}: stopped mid-epoch with --batch-size "
+            f"{stored_batch}; resume with the same batch size (got {cfg.batch_size})"
+        )
+    restore_state(run, ckpt, resume)
+    run.epoch, run.batch = int(extra["epoch"]), int(extra["batch"])
+    run.epoch_nll, run.epoch_count = float(extra["epoch_nll"]), int(extra["epoch_count"])
+    run.train_time, run.samples = float(extra["train_time"]), int(extra["samples"])
+    run.history = [dict(h) for h in extra["history"]]
+    _say(f"Resumed from {resume}: epoch {run.epoch + 1}, batch {run.batch}, step {run.step}.")
+
+
+def restore_or_init(run: GlowRun) -> Path | None:
+    """``--resume`` (``auto``: the newest checkpoint in ``--out``, else a fresh start) or the
+    data-dependent ActNorm initialisation of a fresh run; returns the resumed checkpoint."""
+    cfg = run.cfg
+    resume = resolve_resume(cfg.resume, run.out_dir)
     if cfg.resume == "auto" and resume is None:
-        _say(f"--resume auto: no checkpoint in {out_dir}; starting from scratch.")
+        _say(f"--resume auto: no checkpoint in {run.out_dir}; starting from scratch.")
     if resume is not None:
-        ckpt = load_checkpoint(resume, required_keys=("model", "config", "extra"))
-        needed = ("epoch", "batch", "epoch_nll", "epoch_count", "train_time", "samples", "history")
-        if (
-            not isinstance(ckpt["config"], dict)
-            or "model" not in ckpt["config"]
-            or any(key not in (ckpt["extra"] or {}) for key in needed)
-        ):
-            raise CheckpointError(f"--resume {resume}: not a checkpoint written by train_glow.py")
-        stored = config_from_dict(GlowConfig, ckpt["config"]["model"])
-        if stored != model_cfg:
-            raise SystemExit(
-                f"train_glow.py: error: --resume {resume}: the checkpoint's model {stored} "
-                f"differs from the flags' {model_cfg}; pass the same model flags"
-            )
-        extra = ckpt["extra"]
-        stored_batch = ckpt["config"].get("batch_size")
-        if extra["batch"] and stored_batch != cfg.batch_size:
-            raise SystemExit(
-                f"train_glow.py: error: --resume {resume}: stopped mid-epoch with --batch-size "
-                f"{stored_batch}; resume with the same batch size (got {cfg.batch_size})"
-            )
-        step = restore_checkpoint(ckpt, model=model, optimizer=optimizer)
-        epoch, batch = int(extra["epoch"]), int(extra["batch"])
-        epoch_nll, epoch_count = float(extra["epoch_nll"]), int(extra["epoch_count"])
-        train_time, samples = float(extra["train_time"]), int(extra["samples"])
-        history = [dict(h) for h in extra["history"]]
-        guard.load_state_dict(extra.get("guard", {}))
-        guard.note_checkpoint(resume)
-        _say(f"Resumed from {resume}: epoch {epoch + 1}, batch {batch}, step {step}.")
+        restore_run(run, resume)
     elif cfg.init_batch > 0:
         t0 = time.perf_counter()
-        init_x = next(train_batches(data.train, cfg.init_batch, epoch=0, seed=cfg.seed))[1]
-        model.initialize(init_x.to(device))
-        train_time += time.perf_counter() - t0
+        init_x = next(train_batches(run.data.train, cfg.init_batch, epoch=0, seed=cfg.seed))[1]
+        run.model.initialize(init_x.to(run.device))
+        run.train_time += time.perf_counter() - t0
+    return resume
 
-    classifier = None
+
+def prepare_logs(run: GlowRun, resumed: bool) -> None:
+    """The FD-digits classifier (``--fd``), TensorBoard and the line describing the run."""
+    cfg, model_cfg = run.cfg, run.model_cfg
     if cfg.fd:
         t0 = time.perf_counter()
-        classifier, accuracy = load_or_train_classifier(
-            data, out_dir / "fd_digits_classifier.pt", seed=cfg.seed, data_seed=cfg.data_seed
+        run.classifier, accuracy = load_or_train_classifier(
+            run.data,
+            run.out_dir / "fd_digits_classifier.pt",
+            seed=cfg.seed,
+            data_seed=cfg.data_seed,
         )
         _say(
             f"{FD_NAME} feature extractor: test accuracy {accuracy:.3f} "
             f"({time.perf_counter() - t0:.1f} s)"
         )
-
-    tb = TensorBoardLogger(out_dir / "tb", enabled=cfg.tensorboard)
-    if resume is None:
-        tb.text("config", config_to_text(cfg) + "\n\n" + config_to_text(model_cfg), 0)
-        tb.images("data/test_digits", _finite_images(test_x[: cfg.num_samples]).cpu(), 0)
-    n_params = sum(p.numel() for p in model.parameters())
+    run.tb = TensorBoardLogger(run.out_dir / "tb", enabled=cfg.tensorboard)
+    if not resumed:
+        run.tb.text("config", config_to_text(cfg) + "\n\n" + config_to_text(model_cfg), 0)
+        run.tb.images("data/test_digits", _finite_images(run.test_x[: cfg.num_samples]).cpu(), 0)
+    n_params = sum(p.numel() for p in run.model.parameters())
     _say(
         f"Glow ({model_cfg.architecture}, K={model_cfg.steps}, {model_cfg.permutation}, "
-        f"{model_cfg.scale_fn}): {n_params:,} parameters; device {device}, "
-        f"{torch.get_num_threads()} thread(s); {cfg.epochs} epochs x {per_epoch} batches of "
-        f"{cfg.batch_size}; output {out_dir}"
+        f"{model_cfg.scale_fn}): {n_params:,} parameters; device {run.device}, "
+        f"{torch.get_num_threads()} thread(s); {cfg.epochs} epochs x {run.per_epoch} batches of "
+        f"{cfg.batch_size}; output {run.out_dir}"
     )
 
-    def save(path: Path) -> Path:
-        extra = {
-            "epoch": epoch,
-            "batch": batch,
-            "epoch_nll": epoch_nll,
-            "epoch_count": epoch_count,
-            "train_time": train_time,
-            "samples": samples,
-            "history": history,
-            "guard": guard.state_dict(),
-        }
-        state = make_checkpoint(
-            model=model, config=config_dict, optimizer=optimizer, step=step, extra=extra
-        )
-        return save_checkpoint(path, state)
 
-    def evaluate(at_epoch: int) -> dict[str, float]:
-        model.eval()
-        metrics = {"epoch": at_epoch, "step": step}
-        metrics["test_bpd"] = evaluate_bits_per_dim(model.log_prob, test_x)
-        for t_index, temperature in enumerate(cfg.temperatures):
-            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, 3, t_index))
-            grid = _finite_images(model.sample(cfg.num_samples, temperature, gen))
-            tb.images(f"samples/T{_tname(temperature)}", grid.cpu(), step)
-            if classifier is not None:
-                gen = torch.Generator().manual_seed(derived_seed(cfg.seed, 4, at_epoch, t_index))
-                raw = model.sample(cfg.fd_samples, temperature, gen)
-                # Far-out latents can overflow the inverse (division by sigmoid scales < 1).
-                bad = (~torch.isfinite(raw)).flatten(1).any(1).double().mean().item()
-                fd = digits_frechet_distance(_finite_images(raw), test_x, classifier)
-                metrics[f"fd_T{_tname(temperature)}"] = fd
-                metrics[f"nonfinite_T{_tname(temperature)}"] = bad
-                tb.scalar(f"fd_digits/T{_tname(temperature)}", fd, step)
-                tb.scalar(f"samples_nonfinite/T{_tname(temperature)}", bad, step)
-        tb.scalar("test/bpd", metrics["test_bpd"], step)
-        model.train()
-        return metrics
+def epoch_batches(run: GlowRun) -> Iterator[torch.Tensor]:
+    """The training batches from the current position to the end of the last epoch."""
+    cfg, start = run.cfg, run.batch
+    for epoch in range(run.epoch, cfg.epochs):
+        for _, x in train_batches(run.data.train, cfg.batch_size, epoch, cfg.seed, start=start):
+            yield x
+        start = 0
 
-    losses: list[float] = []
-    interrupted = False
-    progress = ProgressLogger(
-        cfg.epochs * per_epoch, initial=step, desc="Glow", log_every=cfg.log_every
-    )
+
+def train_step(run: GlowRun, x: torch.Tensor) -> None:
+    """One optimiser step on the negative log-likelihood in nats per dimension (skipped when
+    non-finite); the running sums of the epoch, the logs and the test callback."""
+    cfg = run.cfg
+    if run.t_epoch is None:
+        run.t_epoch = time.perf_counter()
+    t0 = time.perf_counter()
+    x = x.to(run.device, non_blocking=True)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss = -run.model.log_prob(x).mean() / NUM_DIMS
+    ok = run.guard.check(loss, step=run.step)
+    if ok:
+        loss.backward()
+        run.optimizer.step()
+    run.train_time += time.perf_counter() - t0
+    run.step, run.batch, run.samples = run.step + 1, run.batch + 1, run.samples + x.shape[0]
+    value = float(loss.detach())
+    run.losses.append(value)
+    if ok:
+        run.epoch_nll += value * NUM_DIMS * x.shape[0]
+        run.epoch_count += x.shape[0]
+    else:
+        run.progress.write(f"[step {run.step}] non-finite loss; step skipped")
+    run.progress.update(1)
+    if ok and (run.step % cfg.log_every == 0 or run.batch == run.per_epoch):
+        step_bpd = bits_per_dim(-value * NUM_DIMS)
+        run.progress.set_postfix(epoch=run.epoch + 1, bpd=step_bpd)
+        run.tb.scalar("train/bpd_step", step_bpd, run.step)
+    if run.step_callback is not None:
+        run.step_callback(run.step, value)
+
+
+def evaluate(run: GlowRun, at_epoch: int) -> dict[str, float]:
+    """Test bits/dim, sample grids at each temperature and (``--fd``) FD-digits."""
+    cfg, model, step = run.cfg, run.model, run.step
+    model.eval()
+    metrics = {"epoch": at_epoch, "step": step}
+    metrics["test_bpd"] = evaluate_bits_per_dim(model.log_prob, run.test_x)
+    for t_index, temperature in enumerate(cfg.temperatures):
+        gen = torch.Generator().manual_seed(derived_seed(cfg.seed, 3, t_index))
+        grid = _finite_images(model.sample(cfg.num_samples, temperature, gen))
+        run.tb.images(f"samples/T{_tname(temperature)}", grid.cpu(), step)
+        if run.classifier is not None:
+            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, 4, at_epoch, t_index))
+            raw = model.sample(cfg.fd_samples, temperature, gen)
+            # Far-out latents can overflow the inverse (division by sigmoid scales < 1).
+            bad = (~torch.isfinite(raw)).flatten(1).any(1).double().mean().item()
+            fd = digits_frechet_distance(_finite_images(raw), run.test_x, run.classifier)
+            metrics[f"fd_T{_tname(temperature)}"] = fd
+            metrics[f"nonfinite_T{_tname(temperature)}"] = bad
+            run.tb.scalar(f"fd_digits/T{_tname(temperature)}", fd, step)
+            run.tb.scalar(f"samples_nonfinite/T{_tname(temperature)}", bad, step)
+    run.tb.scalar("test/bpd", metrics["test_bpd"], step)
     model.train()
-    try:
-        with GracefulInterrupt() as stop:
-            while epoch < cfg.epochs and not interrupted:
-                t_epoch = time.perf_counter()
-                for index, x in train_batches(
-                    data.train, cfg.batch_size, epoch, cfg.seed, start=batch
-                ):
-                    if stop.requested:
-                        interrupted = True
-                        break
-                    t0 = time.perf_counter()
-                    x = x.to(device, non_blocking=True)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = -model.log_prob(x).mean() / NUM_DIMS  # nats per dimension
-                    ok = guard.check(loss, step=step)
-                    if ok:
-                        loss.backward()
-                        optimizer.step()
-                    train_time += time.perf_counter() - t0
-                    step, batch, samples = step + 1, index + 1, samples + x.shape[0]
-                    value = float(loss.detach())
-                    losses.append(value)
-                    if ok:
-                        epoch_nll += value * NUM_DIMS * x.shape[0]
-                        epoch_count += x.shape[0]
-                    else:
-                        progress.write(f"[step {step}] non-finite loss; step skipped")
-                    progress.update(1)
-                    if ok and (step % cfg.log_every == 0 or batch == per_epoch):
-                        step_bpd = bits_per_dim(-value * NUM_DIMS)
-                        progress.set_postfix(epoch=epoch + 1, bpd=step_bpd)
-                        tb.scalar("train/bpd_step", step_bpd, step)
-                    if step_callback is not None:
-                        step_callback(step, value)
-                if interrupted:
-                    break
-                # End of epoch: metrics, samples, checkpoint.
-                train_bpd = bits_per_dim(-epoch_nll / max(epoch_count, 1))
-                record = evaluate(epoch + 1)
-                record["train_bpd"] = train_bpd
-                record["epoch_s"] = time.perf_counter() - t_epoch
-                history.append(record)
-                tb.scalar("train/bpd", train_bpd, step)
-                tb.flush()
-                fd_text = _fd_text(record, cfg.temperatures)
-                progress.write(
-                    f"epoch {epoch + 1}/{cfg.epochs} | train {train_bpd:.4f} bits/dim | "
-                    f"test {record['test_bpd']:.4f} bits/dim"
-                    + (f" | {FD_NAME} {fd_text}" if fd_text else "")
-                    + f" | {record['epoch_s']:.1f} s"
-                )
-                epoch, batch, epoch_nll, epoch_count = epoch + 1, 0, 0.0, 0
-                guard.note_checkpoint(save(checkpoint_path(out_dir, step)))
-                save(out_dir / LAST_NAME)
-                prune_checkpoints(out_dir, cfg.keep_checkpoints)
-    except TrainingDiverged as err:
-        progress.close()
-        tb.close()
-        raise SystemExit(f"train_glow.py: training stopped: {err}") from None
-    progress.close()
+    return metrics
 
+
+def after_step(run: GlowRun) -> None:
+    """At the end of an epoch: metrics, samples, the epoch line and the checkpoints."""
+    if run.batch < run.per_epoch:
+        return
+    train_bpd = bits_per_dim(-run.epoch_nll / max(run.epoch_count, 1))
+    record = evaluate(run, run.epoch + 1)
+    record["train_bpd"] = train_bpd
+    record["epoch_s"] = time.perf_counter() - run.t_epoch
+    run.history.append(record)
+    run.tb.scalar("train/bpd", train_bpd, run.step)
+    run.tb.flush()
+    fd_text = _fd_text(record, run.cfg.temperatures)
+    run.progress.write(
+        f"epoch {run.epoch + 1}/{run.cfg.epochs} | train {train_bpd:.4f} bits/dim | "
+        f"test {record['test_bpd']:.4f} bits/dim"
+        + (f" | {FD_NAME} {fd_text}" if fd_text else "")
+        + f" | {record['epoch_s']:.1f} s"
+    )
+    run.epoch, run.batch, run.epoch_nll, run.epoch_count = run.epoch + 1, 0, 0.0, 0
+    run.t_epoch = None
+    save_state(checkpoint_path(run.out_dir, run.step), run, run.config_dict(), run.extra())
+    save_state(run.out_dir / LAST_NAME, run, run.config_dict(), run.extra(), good=False)
+    prune_checkpoints(run.out_dir, run.cfg.keep_checkpoints)
+
+
+def _train(
+    model_cfg: GlowConfig,
+    cfg: TrainGlowConfig,
+    step_callback: Callable[[int, float], None] | None,
+) -> dict[str, Any]:
+    run = build_run(model_cfg, cfg)
+    run.step_callback = step_callback
+    resumed = restore_or_init(run) is not None
+    prepare_logs(run, resumed)
+    run.progress = ProgressLogger(
+        cfg.epochs * run.per_epoch, initial=run.step, desc="Glow", log_every=cfg.log_every
+    )
+    run.model.train()
+    try:
+        interrupted = run_steps(run, epoch_batches(run), train_step, after_step)
+    except TrainingDiverged as err:
+        run.progress.close()
+        run.tb.close()
+        raise SystemExit(f"train_glow.py: training stopped: {err}") from None
+    run.progress.close()
     result: dict[str, Any] = {
-        "step": step,
-        "epoch": epoch,
+        "step": run.step,
+        "epoch": run.epoch,
         "interrupted": interrupted,
-        "losses": losses,
-        "history": history,
-        "train_time_s": train_time,
-        "out": str(out_dir),
+        "losses": run.losses,
+        "history": run.history,
+        "train_time_s": run.train_time,
+        "out": str(run.out_dir),
     }
     if interrupted:
-        save(out_dir / LAST_NAME)
-        tb.close()
-        _say(
-            f"Interrupted at epoch {epoch + 1}, batch {batch} (step {step}); saved "
-            f"{out_dir / LAST_NAME}. Continue with: --resume auto --out {out_dir}"
-        )
+        saved = save_state(run.out_dir / LAST_NAME, run, run.config_dict(), run.extra(), False)
+        run.tb.close()
+        where = f"epoch {run.epoch + 1}, batch {run.batch} (step {run.step})"
+        _say(interrupted_message(where, saved, run.out_dir))
         return result
-    tb.close()
+    run.tb.close()
+    return finish(run, result)
 
-    final = history[-1] if history else evaluate(epoch)
+
+def finish(run: GlowRun, result: dict[str, Any]) -> dict[str, Any]:
+    """The closing lines: training time and the final test bits/dim and FD-digits."""
+    final = run.history[-1] if run.history else evaluate(run, run.epoch)
     _say(
-        f"Training time {train_time:.1f} s for {step} steps, {samples} samples "
-        f"({1e3 * train_time / max(samples, 1):.3f} ms per training sample)."
+        f"Training time {run.train_time:.1f} s for {run.step} steps, {run.samples} samples "
+        f"({1e3 * run.train_time / max(run.samples, 1):.3f} ms per training sample)."
     )
-    fd_text = _fd_text(final, cfg.temperatures) or "not computed (--no-fd)"
+    fd_text = _fd_text(final, run.cfg.temperatures) or "not computed (--no-fd)"
     line = (
-        f"final: epoch {epoch} | test {final['test_bpd']:.4f} bits/dim | "
+        f"final: epoch {run.epoch} | test {final['test_bpd']:.4f} bits/dim | "
         f"{FD_NAME} {fd_text} [{FD_NOTE}]"
     )
     print(line, flush=True)

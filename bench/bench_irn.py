@@ -1,7 +1,7 @@
 """Speed and memory of one IRN training step, for each execution mode (issue 7).
 
 One step is exactly ``train_irn``'s: ``train_irn.compute_losses`` (downscale, STE-quantise,
-upscale with sampled z, the three losses) then ``train_irn.backward_and_step`` (backward, norm
+upscale with sampled z, the three losses) then ``irn.training.backward_and_step`` (backward, norm
 clipping, Adam)::
 
     python bench/bench_irn.py                                   # x4, batch 4, patch 96
@@ -15,7 +15,7 @@ Configurations (``--configs``, comma separated; each is ``+``-joined tokens):
   exactly as theirs, ordinary backprop, PyTorch's default (per-tensor) Adam. All speed-ups are
   ratios to it **within one run**.
 * ``fp32``: this project's default eager float32 path (channels-last dense blocks, incrementally
-  grown concatenations, fused Adam as ``train_irn.build_optimizer``).
+  grown concatenations, fused Adam as ``irn.training.build_optimizer``).
 * ``amp``: autocast (bf16 on CPU, fp16 + gradient scaler on CUDA), as ``--amp``.
 * ``memsave``: memory-saving backprop, as ``--memory-saving``.
 * ``nchw``: channels-last off; ``compile``: ``torch.compile`` of every dense block.
@@ -61,6 +61,7 @@ if str(ROOT) not in sys.path:
 import train_irn  # noqa: E402
 from common.runtime import make_grad_scaler, resolve_device  # noqa: E402
 from common.subnets import DenseBlock, set_dense_block_options  # noqa: E402
+from irn import training as irn_training  # noqa: E402
 from irn.model import IRN, IRNConfig  # noqa: E402
 
 __all__ = ["main", "parse_config", "build", "count_flops"]
@@ -108,9 +109,9 @@ def build(args: argparse.Namespace, name: str, device: torch.device) -> dict[str
         for block in model.modules():
             if isinstance(block, DenseBlock):
                 block.compile()
-    cfg = train_irn.TrainConfig(batch_size=args.batch_size, patch_size=args.patch_size)
+    cfg = train_irn.IRNTrainConfig(batch_size=args.batch_size, patch_size=args.patch_size)
     if opts["fast"]:
-        optimizer = train_irn.build_optimizer(model, cfg)  # as train_irn: fused Adam
+        optimizer = irn_training.build_optimizer(model, cfg)  # as train_irn: fused Adam
     else:  # the authors' (PyTorch's default, per-tensor) Adam
         optimizer = torch.optim.Adam(
             model.parameters(),
@@ -127,9 +128,12 @@ def build(args: argparse.Namespace, name: str, device: torch.device) -> dict[str
     lambda_guide = float(s * s)
 
     def step() -> float:
-        losses = train_irn.compute_losses(model, hr, lr_ref, cfg, lambda_guide, z_gen, opts["amp"])
+        noise = train_irn.sample_noise(model, hr, cfg, z_gen)
+        losses = train_irn.compute_losses(
+            model, hr, lr_ref, cfg, noise, lambda_guide, amp=opts["amp"]
+        )
         optimizer.zero_grad(set_to_none=True)
-        train_irn.backward_and_step(losses["total"], model, optimizer, scaler, cfg)
+        irn_training.backward_and_step(losses["total"], model, optimizer, scaler, cfg)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return float(losses["total"].detach())

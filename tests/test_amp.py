@@ -95,12 +95,13 @@ def test_bf16_training_gradient_points_where_the_float32_one_does():
     x = photo(128)
     hr = torch.cat([x[..., :64, :64], x[..., 64:, 64:], x[..., :64, 64:]])
     lr_ref = torch.nn.functional.avg_pool2d(hr, 4)
-    cfg = train_irn.TrainConfig()
+    cfg = train_irn.IRNTrainConfig()
     grads = []
     for amp in (False, True):
         model.zero_grad()
         gen = torch.Generator().manual_seed(3)
-        train_irn.compute_losses(model, hr, lr_ref, cfg, 16.0, gen, amp)["total"].backward()
+        noise = train_irn.sample_noise(model, hr, cfg, gen)
+        train_irn.compute_losses(model, hr, lr_ref, cfg, noise, 16.0, amp=amp)["total"].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]).double())
     g32, g16 = grads
     cos = float(g32 @ g16 / (g32.norm() * g16.norm()))

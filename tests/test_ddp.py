@@ -10,7 +10,7 @@ rank 0 and broadcast) for 2 more. Checked:
   <= 1e-6 (measured ~1e-8: the two half-batch gradients are averaged by all-reduce instead of
   summed in one pass, a float32 round-off difference), losses to a relative 1e-5;
 * only rank 0 logs (rank 1 prints nothing) and writes TensorBoard files;
-* the sampled z: each rank keeps its rows of the global batch's draw (``train_irn.sample_z``).
+* the sampled z: each rank keeps its rows of the global batch's draw (``StepNoise.rows``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -61,13 +62,17 @@ def _worker(rank: int, world: int, ports: list[int], argv: list[str], out: str) 
     torch.save(results, out_dir / f"rank{rank}.pt")
 
 
-def test_sample_z_takes_this_ranks_rows_of_the_global_draw():
-    gen = torch.Generator().manual_seed(3)
+def test_step_noise_rows_are_this_ranks_rows_of_the_global_draw():
+    """One draw per step for the global batch; a rank (or micro-batch) keeps its rows."""
+    cfg = train_irn.IRNTrainConfig(jpeg_quality_range=(10, 90))
+    noise = train_irn.draw_noise(
+        (4, 2, 3, 3), cfg, torch.Generator().manual_seed(3), np.random.default_rng(1),
+        torch.device("cpu"),
+    )  # fmt: skip
     full = torch.randn((4, 2, 3, 3), generator=torch.Generator().manual_seed(3))
-    part = train_irn.sample_z((2, 2, 3, 3), gen, torch.device("cpu"), torch.float32, 4, 2)
-    assert torch.equal(part, full[2:])
-    with pytest.raises(ValueError, match="outside a global batch"):
-        train_irn.sample_z((2, 2, 3, 3), gen, torch.device("cpu"), torch.float32, 4, 3)
+    qualities = [int(q) for q in np.random.default_rng(1).integers(10, 91, size=4)]
+    part = noise.rows(slice(2, 4))
+    assert torch.equal(part.z, full[2:]) and part.qualities == qualities[2:]
 
 
 @pytest.mark.parametrize(

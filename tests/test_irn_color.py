@@ -1,8 +1,8 @@
 """IRN-Color (irn/color.py): the invertible map, its init, its losses, and the scripts' color task.
 
 The layer maths is checked in float64 with perturbed weights (zero-initialised last convolutions
-would make every coupling the identity); the end-to-end tests train one tiny step with
-``train_irn.py --task color`` and evaluate the checkpoint with ``evaluate.py``.
+would make every coupling the identity); the end-to-end tests evaluate a checkpoint of one
+tiny ``train_irn_color.py`` step with ``evaluate.py``.
 """
 
 from __future__ import annotations
@@ -17,18 +17,16 @@ from flow_checks import assert_gradcheck, assert_jacobian_logdet, assert_roundtr
 from tests_support import tiny_images
 
 import evaluate
-import train_irn
-from common.checkpoint import load_checkpoint
+import train_irn_color
 from common.metrics import image_metrics, psnr, quantize_to_uint8
 from common.quantize import quantize_ste
+from irn.checkpoints import load_color_checkpoint
 from irn.color import (
     COLOR_LAMBDA_GUIDE,
     IRNColor,
     IRNColorConfig,
     color_losses,
     evaluate_color,
-    is_color_checkpoint,
-    load_color_checkpoint,
     luminance_reference,
 )
 
@@ -270,21 +268,10 @@ def test_evaluate_color_metrics():
 
 
 # ---------------------------------------------------------------------------------------------
-# train_irn.py --task color and evaluate.py
+# evaluate.py on an IRN-Color checkpoint (training: tests/test_train_irn_color.py)
 # ---------------------------------------------------------------------------------------------
 
-TRAIN = [
-    "--task",
-    "color",
-    "--color-couplings",
-    "1",
-    "--color-gc",
-    "4",
-    "--batch-size",
-    "2",
-    "--patch-size",
-    "16",
-]
+TRAIN = ["--color-couplings", "1", "--color-gc", "4", "--batch-size", "2", "--patch-size", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -292,59 +279,10 @@ def color_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("color")
     train_dir, val_dir = tiny_images(root)
     argv = [*TRAIN, "--data", str(train_dir), "--val-data", str(val_dir), "--val-every", "1"]
-    out = train_irn.main([*argv, "--iters", "1", "--log-every", "1", "--out", str(root / "run")])
-    return {"root": root, "argv": argv, "out": out, "val_dir": val_dir}
-
-
-def test_training_step_writes_a_color_checkpoint(color_run):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out, root = color_run["out"], color_run["root"]
-    assert out["step"] == 1 and isinstance(out["model"], IRNColor)
-    rec = out["history"][0]
-    assert all(math.isfinite(rec[k]) for k in ("total", "guide", "recon", "distr", "grad_norm"))
-    # the zero-initialised couplings start as RGB->YUV: gray = luma, so no guidance loss yet
-    assert rec["guide"] < 1e-10 and rec["recon"] > 0 and rec["distr"] > 0
-    assert set(out["val"][0]) >= {"gray_psnr", "psnr_rgb", "psnr_rgb_z0", "nocolor_psnr_rgb"}
-    ckpt = load_checkpoint(root / "run" / "last.pt")
-    assert ckpt["config"]["task"] == "color"
-    assert ckpt["config"]["model"] == {
-        "couplings": 1,
-        "clamp": 1.0,
-        "clamp_tightness": 1.0,
-        "gc": 4,
-        "init": "xavier",
-        "learnable_transform": True,
-    }
-    assert "best_psnr_rgb" in ckpt["extra"]
-    assert is_color_checkpoint(root / "run" / "last.pt")
-    assert not is_color_checkpoint(root / "missing.pt")
-    model, info = load_color_checkpoint(root / "run" / "last.pt")
-    assert info["task"] == "color" and info["step"] == 1
-    for key, value in out["model"].state_dict().items():
-        assert torch.equal(model.state_dict()[key], value), key
-    acc = EventAccumulator(str(root / "run" / "tb"), size_guidance={"images": 0})
-    acc.Reload()
-    names = ("1_rgb", "2_gray", "3_rgb_restored", "4_abs_error_x4")
-    assert {f"val_images/{n}" for n in names} <= set(acc.Tags()["images"])
-    assert {"val/gray_psnr", "val/psnr_rgb", "train/loss_guide"} <= set(acc.Tags()["scalars"])
-
-
-def test_resume_continues_the_color_run(color_run, tmp_path):
-    argv = [*color_run["argv"], "--val-every", "100", "--save-every", "1"]
-    full = train_irn.main([*argv, "--iters", "2", "--out", str(tmp_path / "a")])
-    train_irn.main([*argv, "--iters", "1", "--out", str(tmp_path / "b")])
-    rest = train_irn.main(
-        [*argv, "--iters", "2", "--out", str(tmp_path / "b"), "--resume", "auto"]
+    out = train_irn_color.main(
+        [*argv, "--iters", "1", "--log-every", "1", "--out", str(root / "run")]
     )
-    assert rest["step"] == 2 and len(rest["history"]) == 1
-    assert rest["history"][0]["total"] == pytest.approx(full["history"][1]["total"], rel=1e-5)
-    with pytest.raises(SystemExit, match="trained with --task color"):
-        train_irn.main(
-            ["--blocks-per-level", "1", "--gc", "4", "--batch-size", "2", "--patch-size", "16"]
-            + ["--data", argv[argv.index("--data") + 1], "--iters", "3"]
-            + ["--out", str(tmp_path / "b"), "--resume", "auto"]
-        )
+    return {"root": root, "argv": argv, "out": out, "val_dir": val_dir}
 
 
 def test_evaluate_detects_the_color_checkpoint(color_run, tmp_path, capsys):
@@ -377,40 +315,18 @@ def test_evaluate_detects_the_color_checkpoint(color_run, tmp_path, capsys):
     )
 
 
-def test_flags_that_do_not_apply_are_refused(color_run, capsys):
+def test_evaluate_refuses_flags_that_do_not_apply(color_run, capsys):
     ckpt = str(color_run["root"] / "run" / "last.pt")
     data = color_run["argv"][color_run["argv"].index("--data") + 1]
     cases = [
-        (train_irn.main, [*TRAIN, "--scale", "2"], "--scale 2: an IRN (rescaling) model flag"),
-        (train_irn.main, [*TRAIN, "--gc", "8"], "--gc 8: an IRN (rescaling) model flag"),
-        (train_irn.main, ["--color-gc", "8"], "--color-gc 8: applies to --task color only"),
-        (train_irn.main, [*TRAIN, "--sr-mode"], "--sr-mode: applies to --task rescale only"),
-        (evaluate.main, ["--checkpoint", ckpt, "--scale", "4"], "--scale: does not apply"),
-        (evaluate.main, ["--checkpoint", ckpt, "--tile", "64"], "--tile: does not apply"),
+        (["--checkpoint", ckpt, "--scale", "4"], "--scale: does not apply"),
+        (["--checkpoint", ckpt, "--tile", "64"], "--tile: does not apply"),
         (
-            evaluate.main,
             ["downscale", data + "/t0.png", "x.png", "--checkpoint", ckpt],
             "is an IRN-Color checkpoint",
         ),
     ]
-    for fn, argv, message in cases:
+    for argv, message in cases:
         with pytest.raises(SystemExit):
-            fn([*argv, "--iters", "1"] if fn is train_irn.main else argv)
+            evaluate.main(argv)
         assert message in capsys.readouterr().err, argv
-    assert "Meaningless for --task color" in train_irn.build_parser().format_help()
-
-
-def test_init_weights_fine_tunes_a_color_checkpoint_and_refuses_it_for_an_irn(color_run, capsys):
-    """``--task color --init-weights`` starts from the IRN-Color checkpoint's weights (lr
-    1e-12: one step leaves them there); the same file for an IRN is refused, naming the task."""
-    root, ckpt = color_run["root"], color_run["root"] / "run" / "last.pt"
-    start = {k: v.clone() for k, v in color_run["out"]["model"].state_dict().items()}
-    tuned = train_irn.main(
-        [*color_run["argv"], "--iters", "1", "--lr", "1e-12", "--out", str(root / "tuned"),
-         "--init-weights", str(ckpt)]
-    )  # fmt: skip
-    assert f"Fine-tuning weights after 1 iterations from {ckpt}" in capsys.readouterr().out
-    for k, v in tuned["model"].state_dict().items():
-        assert torch.allclose(v, start[k], atol=1e-9), k
-    with pytest.raises(SystemExit, match=r"an IRN-Color checkpoint .*add --task color"):
-        train_irn.main(["--iters", "1", "--out", str(root / "irn"), "--init-weights", str(ckpt)])

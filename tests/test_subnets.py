@@ -16,6 +16,7 @@ from flow_checks import perturb_
 
 import train_irn
 from common.subnets import DenseBlock
+from irn import training as irn_training
 
 
 def _outputs_and_grads(block, x, go, autocast=False):
@@ -74,10 +75,10 @@ def test_fast_path_gradcheck(channels_last):
 
 def test_build_optimizer_is_fused_adam_with_the_authors_update():
     torch.manual_seed(0)
-    cfg = train_irn.TrainConfig(lr=1e-2)
+    cfg = train_irn.IRNTrainConfig(lr=1e-2)
     models = [torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)]
     models[1].load_state_dict(models[0].state_dict())
-    fused = train_irn.build_optimizer(models[0], cfg)
+    fused = irn_training.build_optimizer(models[0], cfg)
     plain = torch.optim.Adam(
         models[1].parameters(),
         lr=cfg.lr,

@@ -12,6 +12,8 @@ import torch
 from tests_support import tiny_images
 
 import train_irn
+import train_irn_color
+from irn import training as irn_training
 
 TINY = ["--blocks-per-level", "1", "--gc", "4", "--batch-size", "2", "--patch-size", "16"]
 
@@ -51,9 +53,10 @@ def test_total_loss_is_the_weighted_sum_of_paper_terms(tmp_path, data):
     model = IRN(IRNConfig(scale=2, blocks_per_level=1, gc=4))
     hr = torch.rand(2, 3, 8, 8)
     lr_ref = torch.rand(2, 3, 4, 4)
-    cfg = train_irn.TrainConfig()
+    cfg = train_irn.IRNTrainConfig()
     gen = torch.Generator().manual_seed(5)
-    losses = train_irn.compute_losses(model, hr, lr_ref, cfg, 4.0, gen, amp=False)
+    noise = train_irn.sample_noise(model, hr, cfg, gen)
+    losses = train_irn.compute_losses(model, hr, lr_ref, cfg, noise, 4.0)
     y, _ = model(hr)
     guide = ((y[:, :3] - lr_ref) ** 2).sum() / 2
     distr = (y[:, 3:] ** 2).sum() / 2
@@ -259,11 +262,11 @@ def test_cache_is_said_and_its_budget_is_shared_by_local_processes(
     run(tmp_path / "b", data, "--iters", "1", "--val-every", "100", "--cache", "off")
     assert "decoded per patch from disk (--cache on keeps them" in capsys.readouterr().out
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    one = train_irn.cache_budget()
+    one = irn_training.cache_budget()
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert abs(one - total / 3) <= 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert abs(train_irn.cache_budget() - one / 4) <= 1
+    assert abs(irn_training.cache_budget() - one / 4) <= 1
 
 
 def test_sample_photo_run_ends_with_the_bicubic_comparison(tmp_path, capsys):
@@ -292,7 +295,7 @@ def test_init_weights_fine_tunes_from_ours_or_the_authors_checkpoint(tmp_path, d
     """--init-weights starts from the file's weights with a fresh optimiser and iteration
     count, from this script's checkpoint and from the authors' layout alike (lr 1e-12: one step
     leaves the weights where they started)."""
-    from irn.model import to_authors_state_dict
+    from irn.checkpoints import to_authors_state_dict
 
     base = run(tmp_path / "base", data, "--iters", "2", "--val-every", "100")
     trained = {k: v.clone() for k, v in base["model"].state_dict().items()}
@@ -332,10 +335,9 @@ def test_init_weights_refuses_another_architecture_naming_the_fields(tmp_path, d
     with pytest.raises(SystemExit, match=r"--init-weights .*last.pt: the checkpoint's model "
                        r"differs .*gc: checkpoint 4, flags 8"):  # fmt: skip
         run(tmp_path / "b", data, "--iters", "1", "--gc", "8", "--init-weights", ckpt)
-    with pytest.raises(SystemExit, match=r"not an IRN-Color checkpoint.*drop --task color"):
-        train_irn.main(
-            ["--task", "color", "--iters", "1", "--out", str(tmp_path / "c"),
-             "--init-weights", ckpt]
+    with pytest.raises(SystemExit, match=r"not an IRN-Color checkpoint.*fine-tune an IRN with"):
+        train_irn_color.main(
+            ["--iters", "1", "--out", str(tmp_path / "c"), "--init-weights", ckpt]
         )  # fmt: skip
     with pytest.raises(ValueError, match=r"--init-weights: checkpoint not found: .*nope.pt"):
         run(tmp_path / "d", data, "--iters", "1", "--init-weights", str(tmp_path / "nope.pt"))

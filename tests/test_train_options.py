@@ -18,7 +18,9 @@ import train_irn
 from common.actnorm import ActNorm
 from common.coupling import EnhancedAffineCoupling
 from common.images import jpeg_roundtrip
-from irn.model import IRN, IRNConfig, to_authors_state_dict
+from irn import training as irn_training
+from irn.checkpoints import to_authors_state_dict
+from irn.model import IRN, IRNConfig
 
 B = 2
 
@@ -39,9 +41,10 @@ def batch():
 
 def losses_with(model, **fields):
     hr, lr_ref = batch()
-    cfg = train_irn.TrainConfig(**fields)
+    cfg = train_irn.IRNTrainConfig(**fields)
     gen = torch.Generator().manual_seed(5)
-    return train_irn.compute_losses(model, hr, lr_ref, cfg, 4.0, gen, amp=False)
+    noise = train_irn.sample_noise(model, hr, cfg, gen)
+    return train_irn.compute_losses(model, hr, lr_ref, cfg, noise, 4.0)
 
 
 def z_like(model, hr, seed=5):
@@ -101,10 +104,12 @@ def test_zero_sample_upscales_with_z_zero_and_draws_nothing():
     hr, lr_ref = batch()
     y, _ = model(hr)
     x0, _ = model.inverse(torch.cat([quant(y[:, :3]), torch.zeros_like(y[:, 3:])], 1))
-    cfg = train_irn.TrainConfig(zero_sample=True)
+    cfg = train_irn.IRNTrainConfig(zero_sample=True)
     gen = torch.Generator().manual_seed(5)
     state = gen.get_state()
-    got = train_irn.compute_losses(model, hr, lr_ref, cfg, 4.0, gen, amp=False)
+    noise = train_irn.sample_noise(model, hr, cfg, gen)
+    assert noise.z is None
+    got = train_irn.compute_losses(model, hr, lr_ref, cfg, noise, 4.0)
     assert torch.allclose(got["recon"], charb(x0 - hr), rtol=1e-5)
     assert torch.equal(gen.get_state(), state)
     assert not torch.allclose(losses_with(model)["recon"], got["recon"], rtol=1e-3)
@@ -148,8 +153,11 @@ def test_quantised_loss_options_use_8bit_images_with_straight_through_gradients(
 def test_jpeg_in_the_loop_compresses_and_passes_gradients_straight_through():
     g = torch.Generator().manual_seed(0)
     lr = quant(torch.rand(3, 3, 16, 16, generator=g)).requires_grad_(True)
-    rng = np.random.default_rng(7)
-    out = train_irn.jpeg_ste(lr, (50, 60), rng)
+    cfg = train_irn.IRNTrainConfig(jpeg_quality_range=(50, 60))
+    noise = train_irn.draw_noise(
+        (3, 9, 4, 4), cfg, torch.Generator(), np.random.default_rng(7), lr.device
+    )
+    out = train_irn.jpeg_ste(lr, noise.qualities)
     qualities = np.random.default_rng(7).integers(50, 61, size=3)
     for i in range(3):
         expected = jpeg_roundtrip(lr[i].detach(), int(qualities[i]))
@@ -173,8 +181,8 @@ def test_clip_value_bounds_every_gradient_entry():
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     losses = losses_with(model)
-    cfg = train_irn.TrainConfig(clip_value=1e-3, grad_clip=0)
-    train_irn.backward_and_step(losses["total"], model, opt, scaler, cfg)
+    cfg = train_irn.IRNTrainConfig(clip_value=1e-3, grad_clip=0)
+    irn_training.backward_and_step(losses["total"], model, opt, scaler, cfg)
     biggest = max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None)
     assert biggest == pytest.approx(1e-3)
     model.zero_grad()
@@ -191,12 +199,12 @@ def test_clamp_tightness_flag_reaches_every_coupling(tmp_path):
 
 
 def test_loss_flip_schedule_phases():
-    w = [train_irn.loss_weights(s, 16.0, 1.0, 3, 10.0) for s in range(10)]
+    w = [irn_training.loss_weights(s, 16.0, 1.0, 3, 10.0) for s in range(10)]
     assert w[:3] == [(16.0, 1.0)] * 3
     assert w[3:6] == [(16.0, 0.1)] * 3
     assert w[6:9] == [(1.6, 1.0)] * 3
     assert w[9] == (16.0, 1.0)
-    assert train_irn.loss_weights(123, 16.0, 1.0, None, 10.0) == (16.0, 1.0)
+    assert irn_training.loss_weights(123, 16.0, 1.0, None, 10.0) == (16.0, 1.0)
 
 
 def test_loss_flip_schedule_weights_the_training_objective(tmp_path):
