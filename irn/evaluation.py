@@ -26,6 +26,7 @@ banded results equal the whole-image ones up to float64 summation order
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -286,65 +287,21 @@ def evaluate_rescaling(
         ``{psnr_y, ssim_y, psnr_rgb, ssim_rgb, lr_psnr_y, ..., draws, draw_psnr_y, seconds}``:
         metrics are means over draws; ``draw_psnr_y`` lists each draw's PSNR-Y.
     """
-    if lr_source not in ("irn", "bicubic"):
-        raise ValueError(f"lr_source must be 'irn' or 'bicubic', got {lr_source!r}")
-    if z is not None and temperature != 1.0:
-        raise ValueError(
-            f"temperature={temperature} applies only to a sampled z, not to a given z"
-        )
     start = time.perf_counter()
     scale = int(model.scale)
-    device = torch.device(device)
     hr = modcrop(hr, scale)
     if hr.dtype != np.float32:
         hr = hr.astype(np.float32)
-    # [1, 3, H, W] view of the HWC array: tiles are copied to the device one at a time.
-    x = torch.from_numpy(hr).permute(2, 0, 1)[None]
+    _check_options(hr.shape, scale, lr_source, z, temperature)
     n = 1 if temperature == 0 or z is not None else int(draws)
-    lr_hw = (hr.shape[0] // scale, hr.shape[1] // scale)
-    if z is not None and tuple(z.shape[-2:]) != lr_hw:
-        raise ValueError(
-            f"the given z is for a {z.shape[-1]}x{z.shape[-2]} LR, but this image's x{scale} LR "
-            f"is {lr_hw[1]}x{lr_hw[0]} (HR {hr.shape[1]}x{hr.shape[0]} after modcrop)"
-        )
-
-    def report(stage: str) -> Callable[[int, int], None] | None:
-        if progress is None:
-            return None
-        return lambda done, total: progress(stage, done, total)
-
+    tiling = (tile, tile_overlap, amp, progress)
     was_training = model.training
     model.eval()
     try:
-        if lr_source == "bicubic":
-            # super-resolution: the stored (8-bit) bicubic LR takes the place of LR'
-            lr_u8 = _quantize_hwc(bicubic_resize(hr, scale, up=False))
-            if jpeg_quality is not None:
-                lr_u8 = jpeg_roundtrip(lr_u8, int(jpeg_quality))
-        else:
-            lr_q = downscale_tiled(model, x, tile, tile_overlap, amp, report("downscale"))
-            if jpeg_quality is not None:
-                lr_q = jpeg_roundtrip(lr_q, int(jpeg_quality))
-            lr_u8 = _to_uint8_hwc(lr_q)
-        lr_q = torch.from_numpy(lr_u8.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
-        lr_q = lr_q.to(device)
-        hr_u8 = _quantize_hwc(hr)
-        gen = torch.Generator(device=device).manual_seed(int(seed))
-        rows, first = [], None
-        fixed = None if z is None else z.to(lr_q.device, lr_q.dtype)
-        for k in range(n):
-            if fixed is None:
-                z_k = sample_z(model, lr_q.shape, temperature, gen, lr_q.dtype, lr_q.device)
-            else:
-                z_k = fixed
-            rec = upscale_tiled(
-                model, lr_q, z_k, tile, tile_overlap, amp, True, report(f"upscale {k + 1}/{n}")
-            )
-            del z_k
-            rec_u8 = rec[0].permute(1, 2, 0).cpu().numpy()
-            first = rec_u8 if first is None else first
-            rows.append(image_metrics_lowmem(hr_u8, rec_u8, crop_border=scale))
-            del rec, rec_u8
+        lr_u8 = _stored_lr(model, hr, lr_source, jpeg_quality, tiling)
+        rows, first = _upscale_draws(
+            model, hr, lr_u8, n, z, temperature, seed, torch.device(device), tiling
+        )
     finally:
         model.train(was_training)
     out: dict = mean_metrics(rows)
@@ -359,3 +316,86 @@ def evaluate_rescaling(
         out["lr"] = lr_u8
         out["hr_rec"] = np.ascontiguousarray(first)
     return out
+
+
+def _check_options(
+    hr_shape: tuple[int, ...], scale: int, lr_source: str, z: torch.Tensor | None, temperature
+) -> None:
+    """:func:`evaluate_rescaling`'s argument checks, as ``ValueError`` naming the argument."""
+    if lr_source not in ("irn", "bicubic"):
+        raise ValueError(f"lr_source must be 'irn' or 'bicubic', got {lr_source!r}")
+    if z is not None and temperature != 1.0:
+        raise ValueError(
+            f"temperature={temperature} applies only to a sampled z, not to a given z"
+        )
+    lr_hw = (hr_shape[0] // scale, hr_shape[1] // scale)
+    if z is not None and tuple(z.shape[-2:]) != lr_hw:
+        raise ValueError(
+            f"the given z is for a {z.shape[-1]}x{z.shape[-2]} LR, but this image's x{scale} LR "
+            f"is {lr_hw[1]}x{lr_hw[0]} (HR {hr_shape[1]}x{hr_shape[0]} after modcrop)"
+        )
+
+
+def _stage(
+    progress: Callable[[str, int, int], None] | None, stage: str
+) -> Callable[[int, int], None] | None:
+    """``progress`` with its stage name bound (``None`` stays ``None``)."""
+    return None if progress is None else functools.partial(progress, stage)
+
+
+def _stored_lr(
+    model: torch.nn.Module,
+    hr: np.ndarray,
+    lr_source: str,
+    jpeg_quality: int | None,
+    tiling: tuple,
+) -> np.ndarray:
+    """The 8-bit LR a user would store (uint8 HWC): ``Quant(f(HR))`` or, for ``lr_source
+    "bicubic"``, the MATLAB-bicubic LR; JPEG-compressed at ``jpeg_quality`` if given."""
+    scale = int(model.scale)
+    tile, overlap, amp, progress = tiling
+    if lr_source == "bicubic":
+        lr_u8 = _quantize_hwc(bicubic_resize(hr, scale, up=False))
+        return lr_u8 if jpeg_quality is None else jpeg_roundtrip(lr_u8, int(jpeg_quality))
+    # [1, 3, H, W] view of the HWC array: tiles are copied to the device one at a time.
+    x = torch.from_numpy(hr).permute(2, 0, 1)[None]
+    lr_q = downscale_tiled(model, x, tile, overlap, amp, _stage(progress, "downscale"))
+    if jpeg_quality is not None:
+        lr_q = jpeg_roundtrip(lr_q, int(jpeg_quality))
+    return _to_uint8_hwc(lr_q)
+
+
+def _upscale_draws(
+    model: torch.nn.Module,
+    hr: np.ndarray,
+    lr_u8: np.ndarray,
+    n: int,
+    z: torch.Tensor | None,
+    temperature: float,
+    seed: int,
+    device: torch.device,
+    tiling: tuple,
+) -> tuple[list[dict], np.ndarray]:
+    """Upscale ``lr_u8`` ``n`` times (``z`` given, or drawn from ``seed``) and measure each
+    8-bit result against the HR; returns the per-draw metrics and the first upscaled image."""
+    tile, overlap, amp, progress = tiling
+    scale = int(model.scale)
+    lr_q = torch.from_numpy(lr_u8.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
+    lr_q = lr_q.to(device)
+    hr_u8 = _quantize_hwc(hr)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    rows, first = [], None
+    fixed = None if z is None else z.to(lr_q.device, lr_q.dtype)
+    for k in range(n):
+        if fixed is None:
+            z_k = sample_z(model, lr_q.shape, temperature, gen, lr_q.dtype, lr_q.device)
+        else:
+            z_k = fixed
+        report = _stage(progress, f"upscale {k + 1}/{n}")
+        rec = upscale_tiled(model, lr_q, z_k, tile, overlap, amp, True, report)
+        del z_k
+        rec_u8 = rec[0].permute(1, 2, 0).cpu().numpy()
+        first = rec_u8 if first is None else first
+        rows.append(image_metrics_lowmem(hr_u8, rec_u8, crop_border=scale))
+        del rec, rec_u8
+    return rows, first
