@@ -2,12 +2,11 @@
 
 The layer maths is checked in float64 with perturbed weights (zero-initialised last convolutions
 would make every coupling the identity); the end-to-end tests train one tiny step with
-``train_irn.py --task color`` and evaluate the checkpoint with ``evaluate.py``.
+``train_irn.py --task color`` (the checkpoint's evaluation: ``test_evaluate_color.py``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 from flow_checks import assert_gradcheck, assert_jacobian_logdet, assert_roundtrip, perturb_
 from tests_support import tiny_images
 
-import evaluate
 import train_irn
 from common.checkpoint import load_checkpoint
 from common.metrics import image_metrics, psnr, quantize_to_uint8
@@ -270,7 +268,7 @@ def test_evaluate_color_metrics():
 
 
 # ---------------------------------------------------------------------------------------------
-# train_irn.py --task color and evaluate.py
+# train_irn.py --task color
 # ---------------------------------------------------------------------------------------------
 
 TRAIN = [
@@ -347,51 +345,12 @@ def test_resume_continues_the_color_run(color_run, tmp_path):
         )
 
 
-def test_evaluate_detects_the_color_checkpoint(color_run, tmp_path, capsys):
-    ckpt = color_run["root"] / "run" / "last.pt"
-    report = tmp_path / "color.json"
-    argv = ["--checkpoint", str(ckpt), "--data", str(color_run["val_dir"]), "--draws", "2"]
-    assert (
-        evaluate.main([*argv, "--json", str(report), "--save-images", str(tmp_path / "im")]) == 0
-    )
-    printed = capsys.readouterr().out
-    assert "IRN-Color from" in printed and "Gray:PSNR" in printed and "mean (2 images)" in printed
-    doc = json.loads(report.read_text())
-    assert doc["settings"]["task"] == "color" and doc["settings"]["model_config"]["gc"] == 4
-    (dataset,) = doc["datasets"]
-    assert dataset["num_images"] == 2
-    for row in dataset["images"]:
-        assert row["draws"] == 2
-        assert all(isinstance(row[k], float) for k in ("psnr_rgb", "psnr_rgb_z0", "gray_ssim"))
-        assert len(row["files"]) == 2
-    mean_rgb = np.mean([r["psnr_rgb"] for r in dataset["images"]])
-    assert dataset["mean"]["psnr_rgb"] == pytest.approx(mean_rgb)
-    # the same numbers as irn.color.evaluate_color on the images
-    model, _ = load_color_checkpoint(ckpt)
-    from irn.data import load_folder
-
-    images = [item.load() for item in load_folder(color_run["val_dir"])]
-    direct = evaluate_color(model, images, draws=2)
-    assert [r["psnr_rgb"] for r in direct] == pytest.approx(
-        [r["psnr_rgb"] for r in dataset["images"]]
-    )
-
-
 def test_flags_that_do_not_apply_are_refused(color_run, capsys):
-    ckpt = str(color_run["root"] / "run" / "last.pt")
-    data = color_run["argv"][color_run["argv"].index("--data") + 1]
     cases = [
         (train_irn.main, [*TRAIN, "--scale", "2"], "--scale 2: an IRN (rescaling) model flag"),
         (train_irn.main, [*TRAIN, "--gc", "8"], "--gc 8: an IRN (rescaling) model flag"),
         (train_irn.main, ["--color-gc", "8"], "--color-gc 8: applies to --task color only"),
         (train_irn.main, [*TRAIN, "--sr-mode"], "--sr-mode: applies to --task rescale only"),
-        (evaluate.main, ["--checkpoint", ckpt, "--scale", "4"], "--scale: does not apply"),
-        (evaluate.main, ["--checkpoint", ckpt, "--tile", "64"], "--tile: does not apply"),
-        (
-            evaluate.main,
-            ["downscale", data + "/t0.png", "x.png", "--checkpoint", ckpt],
-            "is an IRN-Color checkpoint",
-        ),
     ]
     for fn, argv, message in cases:
         with pytest.raises(SystemExit):
