@@ -90,14 +90,7 @@ class EvalConfig:
         default="irn",
         metadata={"help": "'irn' (the checkpoint) or 'bicubic' (Bicubic & Bicubic, no model)."},
     )
-    data: tuple[Path, ...] = field(
-        default=(),
-        metadata={
-            "help": "eval_io.Dataset folders of HR images, each reported separately (searched "
-            "recursively; HR or *_HR subfolders are used when present). None: the "
-            "scikit-image validation photos."
-        },
-    )
+    data: tuple[Path, ...] = cli.data_field("HR images")
     scale: int | None = field(
         default=None,
         metadata={

@@ -57,14 +57,7 @@ class ColorEvalConfig:
     checkpoint: Path = field(
         metadata={"help": "An IRN-Color training checkpoint (train_irn.py --task color)."}
     )
-    data: tuple[Path, ...] = field(
-        default=(),
-        metadata={
-            "help": "eval_io.Dataset folders of RGB images, each reported separately (searched "
-            "recursively; HR or *_HR subfolders are used when present). None: the "
-            "scikit-image validation photos."
-        },
-    )
+    data: tuple[Path, ...] = cli.data_field("RGB images")
     draws: int = field(
         default=5,
         metadata={"help": "Samples of z averaged per image; 1 with --z zero (z is fixed)."},

@@ -10,7 +10,8 @@
 ``down`` writes LR = Quant(f(HR)[:, :3]), the low-frequency half of the forward map rounded to
 8 bits; ``up`` writes HR' = f^-1(LR, z) with z ~ N(0, temperature^2) (``--seed``), z = 0
 (``--z zero``, the "mean" upscaling) or z = f(IMAGE)[:, 3:] of another image (``--z-from``,
-latent transfer); IRN, Xiao et al., ECCV 2020, sec. 3 (docs/method.md, section Rescaling).
+latent transfer); IRN, Xiao et al., ECCV 2020, sec. 3 (docs/method.md: the network,
+quantisation).
 The checkpoint is this project's (``train_irn.py``) or the authors' released ``.pth``.
 
 Any size: a size that is not a multiple of the scale is reflect-padded at the bottom/right to
@@ -315,7 +316,7 @@ def rescale_file(run: Rescaler, command: str, src: Path, dst: Path) -> str:
 
 def _folder_jobs(parser: argparse.ArgumentParser, src: Path, dst: Path) -> list[tuple[Path, Path]]:
     """``(image, output)`` pairs of a folder run: every image under ``src`` (except those
-    inside ``dst``) to ``dst/<relative path>.png``; two inputs with one output cli.fail at once."""
+    inside ``dst``) to ``dst/<relative path>.png``; two inputs with one output fail at once."""
     if dst.exists() and not dst.is_dir():
         cli.fail(parser, f"output {dst}: must be a folder, as the input {src} is a folder")
     inside_out = dst.resolve()

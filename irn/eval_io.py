@@ -269,7 +269,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, settings: dict, results: list[dict], elapsed: float, out: IO[str]):
+def write_json(
+    path: Path, settings: dict, results: list[dict], elapsed: float, out: IO[str]
+) -> None:
     """The report ``{"settings", "datasets", "seconds"}``, written atomically; says so on
     ``out``."""
     document = {"settings": settings, "datasets": results, "seconds": elapsed}
