@@ -345,6 +345,9 @@ def list_jobs(
         dst = dst / f"{src.stem}.png"
     if command == "down" and dst.suffix.lower() != ".png":
         cli.fail(parser, f"output {dst}: the LR must be a lossless 8-bit .png")
+    if dst.suffix.lower() not in IMAGE_EXTENSIONS:
+        kinds = ", ".join(IMAGE_EXTENSIONS)
+        cli.fail(parser, f"output {dst}: not an image file name; use one of {kinds}")
     return [(src, dst)], False
 
 

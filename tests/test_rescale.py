@@ -114,6 +114,8 @@ def test_down_up_round_trip_odd_size(ckpt4, tmp_path, capsys):
     assert load_image(tiled).shape == (36, 50, 3)
     argv = ["up", lr_path, tiled, "--checkpoint", ckpt4, "--output-size", "57x9"]
     assert "--output-size 57x9: larger than" in fail(argv, capsys)
+    err = fail(["up", lr_path, tmp_path / "hr.xyz", "--checkpoint", ckpt4], capsys)
+    assert "output" in err and "hr.xyz: not an image file name" in err
     err = fail(["down", src, tmp_path / "lr.jpg", "--checkpoint", ckpt4], capsys)
     assert "lossless 8-bit .png" in err
     err = fail(["down", tmp_path / "none.png", lr_path, "--checkpoint", ckpt4], capsys)
