@@ -425,7 +425,7 @@ def _color_config_dict(obj: Any) -> Mapping[str, Any] | None:
 
 
 def is_color_checkpoint(path_or_obj: str | os.PathLike | Mapping[str, Any]) -> bool:
-    """Whether a checkpoint (file or loaded dict) was written by ``train_irn.py --task color``.
+    """Whether a checkpoint (file or loaded dict) was written by ``train_irn_color.py`` (or the former ``train_irn.py --task color``).
 
     A file that cannot be read gives False (the caller's own loader reports the error).
     """
@@ -441,7 +441,7 @@ def is_color_checkpoint(path_or_obj: str | os.PathLike | Mapping[str, Any]) -> b
 def load_color_checkpoint(
     path_or_obj: str | os.PathLike | Mapping[str, Any], map_location: Any = "cpu"
 ) -> tuple[IRNColor, dict[str, Any]]:
-    """Rebuild an :class:`IRNColor` (eval mode) from a ``train_irn.py --task color`` checkpoint.
+    """Rebuild an :class:`IRNColor` (eval mode) from a ``train_irn_color.py`` checkpoint.
 
     The architecture comes from ``config["model"]`` (the :class:`IRNColorConfig` fields), the
     weights from ``"model"`` (loaded strictly).
@@ -463,7 +463,7 @@ def load_color_checkpoint(
     if config is None:
         raise CheckpointError(
             f"{name}: not an IRN-Color checkpoint (expected config['task'] == 'color', as "
-            "written by train_irn.py --task color)"
+            "written by train_irn_color.py)"
         )
     stored = config.get("model")
     if not isinstance(stored, Mapping):

@@ -1,4 +1,8 @@
-"""``evaluate.py`` (run in-process through ``main(argv)``) and ``irn/evaluation.py``."""
+"""``evaluate.py`` (run in-process through ``main(argv)``) and ``irn/evaluation.py``.
+
+``rescale.py`` (and the ``evaluate.py downscale|upscale`` alias) is tested in ``test_rescale.py``,
+``evaluate_color.py`` in ``test_evaluate_color.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from flow_checks import perturb_
-from PIL import Image
 
 import evaluate
 import irn.evaluation as ev
@@ -219,46 +222,6 @@ def test_error_messages(ours_ckpt, photos, tmp_path, capsys):
     assert "--tile" in err
     err = fail(["--checkpoint", ours_ckpt, "--tile", 16], capsys)
     assert "--tile: tile must be at least 32" in err
-
-
-# ---------------------------------------------------------------------------------------------
-# downscale / upscale through files
-# ---------------------------------------------------------------------------------------------
-
-
-def test_downscale_upscale_round_trip_odd_size(ours_ckpt, tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    photo = sample_photos("val")[0].image[:37, :53] * 0.9 + 0.1 * rng.random((37, 53, 3))
-    src = save_image(tmp_path / "in.png", photo.astype(np.float32))
-    lr_path, hr_path = tmp_path / "lr.png", tmp_path / "hr.png"
-    out, _ = run(["downscale", src, lr_path, "--checkpoint", ours_ckpt], capsys)
-    assert "reflect-padded at the bottom/right to 56x40" in out
-    with Image.open(lr_path) as im:
-        assert im.size == (14, 10) and im.mode == "RGB" and im.text["irn:original-size"] == "53x37"
-    out, _ = run(["upscale", lr_path, hr_path, "--checkpoint", ours_ckpt, "--seed", 2], capsys)
-    assert "cropping the 56x40 result to the original 53x37" in out
-    hr = load_image(hr_path)
-    assert hr.shape == (37, 53, 3)
-    # what a user gets equals the library path on the padded image
-    model = tiny_model()
-    padded = np.pad(load_image(src), [(0, 3), (0, 3), (0, 0)], mode="reflect")
-    with torch.no_grad():
-        lr = model.downscale(torch.from_numpy(padded).permute(2, 0, 1)[None])
-    expected_lr = quantize_to_uint8(lr[0]).permute(1, 2, 0).numpy()
-    np.testing.assert_array_equal(np.asarray(Image.open(lr_path)), expected_lr)
-    # tiled and temperature 0, explicit output size
-    tiled = tmp_path / "hr_tiled.png"
-    argv = ["upscale", lr_path, tiled, "--checkpoint", ours_ckpt, "--temperature", 0]
-    run([*argv, "--tile", 32, "--output-size", "50x36"], capsys)
-    assert load_image(tiled).shape == (36, 50, 3)
-    argv = ["upscale", lr_path, tiled, "--checkpoint", ours_ckpt, "--output-size", "57x9"]
-    assert "--output-size 57x9: larger than" in fail(argv, capsys)
-    err = fail(["downscale", src, tmp_path / "lr.jpg", "--checkpoint", ours_ckpt], capsys)
-    assert "lossless 8-bit .png" in err
-    err = fail(["downscale", tmp_path / "none.png", lr_path, "--checkpoint", ours_ckpt], capsys)
-    assert "none.png" in err
-    err = fail(["downscale", src, lr_path, "--checkpoint", ours_ckpt, "--scale", 2], capsys)
-    assert "--scale 2 does not match" in err
 
 
 # ---------------------------------------------------------------------------------------------

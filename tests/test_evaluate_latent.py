@@ -1,4 +1,5 @@
-"""``evaluate.py`` latent options (``--z zero``, ``--z-from``) and ``--lr-source bicubic``.
+"""``evaluate.py`` latent options (``--z zero``, ``--z-from``) and ``--lr-source bicubic``
+(``rescale.py up``'s latent options: ``test_rescale.py``).
 
 Every expectation is rebuilt here from the model itself (``forward`` / ``inverse``) and the
 MATLAB-style ``imresize``, so a flag that is ignored or wired to the wrong tensor fails.
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from flow_checks import perturb_
+from latent_support import inverse_u8, lr_and_z, to_tensor
 from tests_support import smooth_image
 
 import evaluate
@@ -67,28 +69,6 @@ def fail(argv: list, capsys) -> str:
     return capsys.readouterr().err
 
 
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
-
-
-def to_u8(t: torch.Tensor) -> np.ndarray:
-    return quantize_to_uint8(t[0]).permute(1, 2, 0).numpy()
-
-
-@torch.no_grad()
-def lr_and_z(model: IRN, hr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(LR'_q, z)`` of an HR image whose sides are multiples of the scale: the 8-bit LR as
-    the protocol stores it and the latent ``f(hr)[:, 3:]``."""
-    y, _ = model(to_tensor(hr))
-    lr_q = torch.from_numpy(to_u8(y[:, :3]).transpose(2, 0, 1).astype(np.float32) / 255)[None]
-    return lr_q, y[:, 3:]
-
-
-@torch.no_grad()
-def inverse_u8(model: IRN, lr: torch.Tensor, z: torch.Tensor) -> np.ndarray:
-    return to_u8(model.inverse(torch.cat([lr, z], dim=1))[0])
-
-
 def evaluate_saving(ckpt: Path, data: Path, out: Path, extra: list, capsys) -> tuple[dict, str]:
     """Evaluate ``data`` (one image, a.png) and return (its JSON row with settings, stdout);
     the HR' it wrote is ``row["hr_rec"]`` (uint8)."""
@@ -128,18 +108,6 @@ def test_z_zero_ignores_the_seed_and_is_the_zero_latent_inverse(ckpt, images, tm
     sampled, _ = evaluate_saving(ckpt, images / "one", tmp_path / "s", ["--draws", 1], capsys)
     assert not np.array_equal(sampled["hr_rec"], expected)
 
-    # upscale: --z zero equals --temperature 0, whatever the seed, and is f^-1(LR, 0)
-    lr_png = tmp_path / "lr.png"
-    save_image(lr_png, to_u8(lr_q))
-    results = []
-    for k, flags in enumerate((["--z", "zero", "--seed", 1], ["--temperature", 0, "--seed", 9])):
-        dst = tmp_path / f"up{k}.png"
-        out = run(["upscale", lr_png, dst, "--checkpoint", ckpt, *flags], capsys)
-        assert "z = 0" in out
-        results.append(np.asarray(load_image(dst) * 255 + 0.5, dtype=np.uint8))
-    np.testing.assert_array_equal(results[0], expected)
-    np.testing.assert_array_equal(results[1], expected)
-
 
 # ---------------------------------------------------------------------------------------------
 # --z-from: latent transfer
@@ -175,29 +143,6 @@ def test_z_from_is_the_inverse_with_the_images_latent(ckpt, images, tmp_path, ca
     assert own["psnr_y"] > other["psnr_y"] + 5, (own["psnr_y"], other["psnr_y"])
 
 
-def test_upscale_z_from_the_original_photo(ckpt, images, tmp_path, capsys):
-    """downscale an odd-sized photo, upscale with --z-from that photo: f^-1(LR_png, z(padded))
-    cropped back, much closer to the photo than with a sampled z."""
-    model = tiny_model()
-    photo = images / "odd.png"
-    lr_png, hr_png, sampled_png = tmp_path / "lr.png", tmp_path / "hr.png", tmp_path / "s.png"
-    run(["downscale", photo, lr_png, "--checkpoint", ckpt], capsys)
-    out = run(["upscale", lr_png, hr_png, "--checkpoint", ckpt, "--z-from", photo], capsys)
-    assert "z from" in out and "odd.png" in out
-    padded = np.pad(load_image(photo), [(0, 1), (0, 1), (0, 0)], mode="reflect")
-    _, z = lr_and_z(model, padded)
-    lr = to_tensor(load_image(lr_png))
-    expected = inverse_u8(model, lr, z)[:41, :53]
-    got = np.asarray(load_image(hr_png) * 255 + 0.5, dtype=np.uint8)
-    np.testing.assert_array_equal(got, expected)
-    run(["upscale", lr_png, sampled_png, "--checkpoint", ckpt, "--seed", 1], capsys)
-    sampled = np.asarray(load_image(sampled_png) * 255 + 0.5, dtype=np.uint8)
-    reference = quantize_to_uint8(load_image(photo))
-    psnr_own = image_metrics(reference, got, crop_border=SCALE)["psnr_rgb"]
-    psnr_sampled = image_metrics(reference, sampled, crop_border=SCALE)["psnr_rgb"]
-    assert psnr_own > psnr_sampled + 5, (psnr_own, psnr_sampled)
-
-
 def test_tiled_z_from_equals_untiled(ckpt, images, tmp_path, capsys):
     src = ["--z-from", images / "b.png"]
     untiled, _ = evaluate_saving(ckpt, images / "one", tmp_path / "u", src, capsys)
@@ -217,15 +162,6 @@ def test_tiled_z_from_equals_untiled(ckpt, images, tmp_path, capsys):
     )
     assert np.abs(no_context["hr_rec"].astype(int) - untiled["hr_rec"].astype(int)).max() > 1
 
-    # upscale: tiled latent transfer too
-    lr_png = tmp_path / "lr.png"
-    run(["downscale", images / "one" / "a.png", lr_png, "--checkpoint", ckpt], capsys)
-    outs = []
-    for name, flags in (("full.png", []), ("tiled.png", ["--tile", 32, "--tile-overlap", 16])):
-        run(["upscale", lr_png, tmp_path / name, "--checkpoint", ckpt, *src, *flags], capsys)
-        outs.append((load_image(tmp_path / name) * 255).round().astype(int))
-    assert np.abs(outs[0] - outs[1]).max() <= 1
-
 
 def test_z_from_errors_name_the_files_and_sizes(ckpt, images, tmp_path, capsys):
     # evaluation: an image whose LR has another size than the --z-from image's
@@ -235,26 +171,11 @@ def test_z_from_errors_name_the_files_and_sizes(ckpt, images, tmp_path, capsys):
     err = fail(["--checkpoint", ckpt, "--data", data, "--z-from", images / "b.png"], capsys)
     assert "--z-from" in err and "b.png" in err and str(data / "z.png") in err
     assert "x2 LR 40x32" in err and "LR is 40x24" in err and "Traceback" not in err
-    # upscale: an LR of another size than HR / scale
-    lr_png = tmp_path / "lr.png"
-    save_image(lr_png, load_image(images / "small.png")[:20, :30])
-    argv = ["upscale", lr_png, tmp_path / "o.png", "--checkpoint", ckpt]
-    err = fail([*argv, "--z-from", images / "b.png"], capsys)
-    assert "b.png" in err and str(lr_png) in err and "40x32" in err and "30x20" in err
-    assert "60x40" in err  # the HR size that would fit
-    # flags that contradict each other or a file that is not there
-    err = fail([*argv, "--z-from", tmp_path / "missing.png"], capsys)
-    assert "--z-from" in err and "missing.png" in err
+    # flags that contradict each other, a --z-from file that is missing or broken: the shared
+    # checks of irn/cli.py, tested through rescale.py up in test_rescale.py; one here
+    argv = ["--checkpoint", ckpt, "--data", images / "one"]
     err = fail([*argv, "--z-from", images / "b.png", "--z", "zero"], capsys)
     assert "--z-from" in err and "--z zero" in err
-    err = fail([*argv, "--z-from", images / "b.png", "--temperature", 0.5], capsys)
-    assert "--temperature" in err and "--z-from" in err
-    err = fail([*argv, "--z", "zero", "--temperature", 0.5], capsys)
-    assert "--temperature" in err and "contradicts --z zero" in err
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"not a png")
-    err = fail([*argv, "--z-from", bad], capsys)
-    assert "--z-from" in err and "broken.png" in err
     err = fail(["--method", "bicubic", "--scale", 2, "--lr-source", "bicubic"], capsys)
     assert "--lr-source" in err and "--method bicubic" in err
     err = fail(["--method", "bicubic", "--scale", 2, "--z-from", images / "b.png"], capsys)

@@ -1,26 +1,21 @@
-"""IRN-Color (irn/color.py): the invertible map, its init, its losses, and the scripts' color task.
+"""IRN-Color (irn/color.py): the invertible map, its init, its losses and its evaluation.
 
 The layer maths is checked in float64 with perturbed weights (zero-initialised last convolutions
-would make every coupling the identity); the end-to-end tests evaluate a checkpoint of one
-tiny ``train_irn_color.py`` step with ``evaluate.py``.
+would make every coupling the identity). Training: ``test_train_irn_color.py``; evaluation of a
+checkpoint: ``test_evaluate_color.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 from flow_checks import assert_gradcheck, assert_jacobian_logdet, assert_roundtrip, perturb_
-from tests_support import tiny_images
 
-import evaluate
-import train_irn_color
 from common.metrics import image_metrics, psnr, quantize_to_uint8
 from common.quantize import quantize_ste
-from irn.checkpoints import load_color_checkpoint
 from irn.color import (
     COLOR_LAMBDA_GUIDE,
     IRNColor,
@@ -265,68 +260,3 @@ def test_evaluate_color_metrics():
         evaluate_color(model, [img[..., 0]])
     with pytest.raises(ValueError, match="SSIM needs at least 11x11"):
         evaluate_color(model, [img[:8]])
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluate.py on an IRN-Color checkpoint (training: tests/test_train_irn_color.py)
-# ---------------------------------------------------------------------------------------------
-
-TRAIN = ["--color-couplings", "1", "--color-gc", "4", "--batch-size", "2", "--patch-size", "16"]
-
-
-@pytest.fixture(scope="module")
-def color_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("color")
-    train_dir, val_dir = tiny_images(root)
-    argv = [*TRAIN, "--data", str(train_dir), "--val-data", str(val_dir), "--val-every", "1"]
-    out = train_irn_color.main(
-        [*argv, "--iters", "1", "--log-every", "1", "--out", str(root / "run")]
-    )
-    return {"root": root, "argv": argv, "out": out, "val_dir": val_dir}
-
-
-def test_evaluate_detects_the_color_checkpoint(color_run, tmp_path, capsys):
-    ckpt = color_run["root"] / "run" / "last.pt"
-    report = tmp_path / "color.json"
-    argv = ["--checkpoint", str(ckpt), "--data", str(color_run["val_dir"]), "--draws", "2"]
-    assert (
-        evaluate.main([*argv, "--json", str(report), "--save-images", str(tmp_path / "im")]) == 0
-    )
-    printed = capsys.readouterr().out
-    assert "IRN-Color from" in printed and "Gray:PSNR" in printed and "mean (2 images)" in printed
-    doc = json.loads(report.read_text())
-    assert doc["settings"]["task"] == "color" and doc["settings"]["model_config"]["gc"] == 4
-    (dataset,) = doc["datasets"]
-    assert dataset["num_images"] == 2
-    for row in dataset["images"]:
-        assert row["draws"] == 2
-        assert all(isinstance(row[k], float) for k in ("psnr_rgb", "psnr_rgb_z0", "gray_ssim"))
-        assert len(row["files"]) == 2
-    mean_rgb = np.mean([r["psnr_rgb"] for r in dataset["images"]])
-    assert dataset["mean"]["psnr_rgb"] == pytest.approx(mean_rgb)
-    # the same numbers as irn.color.evaluate_color on the images
-    model, _ = load_color_checkpoint(ckpt)
-    from irn.data import load_folder
-
-    images = [item.load() for item in load_folder(color_run["val_dir"])]
-    direct = evaluate_color(model, images, draws=2)
-    assert [r["psnr_rgb"] for r in direct] == pytest.approx(
-        [r["psnr_rgb"] for r in dataset["images"]]
-    )
-
-
-def test_evaluate_refuses_flags_that_do_not_apply(color_run, capsys):
-    ckpt = str(color_run["root"] / "run" / "last.pt")
-    data = color_run["argv"][color_run["argv"].index("--data") + 1]
-    cases = [
-        (["--checkpoint", ckpt, "--scale", "4"], "--scale: does not apply"),
-        (["--checkpoint", ckpt, "--tile", "64"], "--tile: does not apply"),
-        (
-            ["downscale", data + "/t0.png", "x.png", "--checkpoint", ckpt],
-            "is an IRN-Color checkpoint",
-        ),
-    ]
-    for argv, message in cases:
-        with pytest.raises(SystemExit):
-            evaluate.main(argv)
-        assert message in capsys.readouterr().err, argv
