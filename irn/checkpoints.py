@@ -425,7 +425,8 @@ def _color_config_dict(obj: Any) -> Mapping[str, Any] | None:
 
 
 def is_color_checkpoint(path_or_obj: str | os.PathLike | Mapping[str, Any]) -> bool:
-    """Whether a checkpoint (file or loaded dict) was written by ``train_irn_color.py`` (or the former ``train_irn.py --task color``).
+    """Whether a checkpoint (file or loaded dict) was written by ``train_irn_color.py`` (or by
+    the former ``train_irn.py --task color``).
 
     A file that cannot be read gives False (the caller's own loader reports the error).
     """
