@@ -8,7 +8,7 @@ Usage::
 
 Each variant is ``python train_irn.py <common flags> <variant flags>`` on the scikit-image sample
 photos (no ``--data``), then ``python evaluate.py`` on the held-out sample photos twice: the plain
-protocol (SPEC sec. 4) and with LR' JPEG-compressed at quality 90 (the dissertation's
+protocol (docs/method.md sec. 5) and with LR' JPEG-compressed at quality 90 (the dissertation's
 "compression-resistant rescaling"). Variants trained to upscale something else are also evaluated
 that way: IRN-SR with ``--lr-source bicubic`` (super-resolution of the bicubic LR) and
 zero-sample with ``--z zero``. The results go to ``<out>/variants.json`` and a Markdown table

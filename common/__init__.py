@@ -1,6 +1,6 @@
 """The shared invertible core: hand-written layers with forward, inverse and log-determinant.
 
-Protocol for every layer (SPEC sec. 1, CONVENTIONS): ``y, logdet = layer(x)`` and
+Protocol for every layer (docs/method.md sec. 1): ``y, logdet = layer(x)`` and
 ``x, logdet_inv = layer.inverse(y)``, with ``logdet`` of shape ``[B]`` (float32 or wider) and
 ``logdet_inv = -logdet``.
 """

@@ -36,8 +36,9 @@ def soft_clamp(u: torch.Tensor, clamp: float, tightness: float = 1.0) -> torch.T
     """IRN's soft clamp ``clamp * (2 * sigmoid(tightness * u) - 1)``, in ``(-clamp, clamp)``.
 
     Computed as ``clamp * tanh(tightness * u / 2)`` (the same function: ``2*sigmoid(v)-1 =
-    tanh(v/2)``, SPEC sec. 1), which is more accurate near 0. ``tightness`` is the dissertation's
-    IRN-T option (SPEC sec. 6): larger values make the clamp steeper.
+    tanh(v/2)``; Diss. eq. 2.23), which is more accurate near 0. ``tightness`` is the
+    dissertation's IRN-T option (Diss. sec. 3.4.1, table 3.4): larger values make the clamp
+    steeper.
     """
     return clamp * torch.tanh(u * (0.5 * tightness))
 
@@ -181,7 +182,7 @@ class EnhancedAffineCoupling(CouplingBase):
         s  = clamp * (2 * sigmoid(clamp_tightness * H(y1)) - 1)
         y2 = x2 * exp(s) + G(y1)                      log|det| = sum(s)
 
-    and the inverse ``x2 = (y2 - G(y1)) * exp(-s)``, ``x1 = y1 - F(x2)`` (SPEC sec. 1).
+    and the inverse ``x2 = (y2 - G(y1)) * exp(-s)``, ``x1 = y1 - F(x2)`` (docs/method.md sec. 2.5).
     ``F = subnet(c2 -> c1)``, ``G = H = subnet(c1 -> c2)``; the names ``F``, ``G``, ``H`` are the
     paper's and give the authors' checkpoint keys (``operations.i.F.conv1.weight``, ...).
     ``clamp_tightness`` is the dissertation's IRN-T option (1 = the authors' IRN).

@@ -54,7 +54,8 @@ class ConvDownsampling(nn.Module):
 
     Reference: Xiao et al., "Invertible Rescaling Network and Its Extensions", IJCV 2022,
     arXiv:2210.04188 (the x3 model replaces the Haar transform, which only halves the size, by a
-    learnable invertible downsampling; SPEC sec. 2). The DCT completion is this project's choice.
+    learnable invertible downsampling; docs/method.md sec. 2.7). The DCT completion is this
+    project's choice.
     """
 
     def __init__(self, channels: int, factor: int = 3) -> None:

@@ -1,6 +1,6 @@
 """Fused flat Glow flow: K steps of ActNorm -> channel mixing -> affine coupling as one layer.
 
-The flat flow of the dissertation's digits model (SPEC sec. 7; its fig. 3.1 "AllInOne" step;
+The flat flow of the dissertation's digits model (Diss. sec. 3.2.1, fig. 3.1 "AllInOne" step;
 Glow arXiv:1807.03039 sec. 3: a *step of flow* is ActNorm, then a permutation or invertible 1x1
 convolution, then an affine coupling) works on ``[B, 64]`` vectors with small matrix products.
 At batch 32 a training step of the layer-by-layer :class:`~common.sequential.FlowSequential` is
@@ -441,7 +441,7 @@ class FusedFlatFlow(nn.Module):
         else:
             weight = torch.stack([mix.weight_matrix(x.dtype) for mix in self.mixing])
             const = torch.stack([mix.log_abs_det() for mix in self.mixing]).sum().to(x.dtype)
-        # Parameters read from _parameters: nn.Module.__getattr__ costs ~1 us per lookup.
+        # Parameters read from _parameters: nn.Module.__getattr__ is a slow Python lookup.
         params = self._parameters
         mlp = [*self.weights._parameters.values(), *self.biases._parameters.values()]
         y, logdet = _FlatFlowFunction.apply(

@@ -42,7 +42,8 @@ class HaarDownsampling(nn.Module):
     convolution, and never run in reduced precision under autocast.
 
     Reference: Xiao et al., "Invertible Image Rescaling", arXiv:2005.05650, sec. 3.2
-    ("Haar transformation"); normalisation and channel order of the authors' code (SPEC sec. 1).
+    ("Haar transformation"); Diss. sec. 2.3.1, eq. 2.21; normalisation and channel order of the
+    authors' code (docs/method.md sec. 2.6).
     """
 
     def __init__(self, channels: int) -> None:

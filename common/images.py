@@ -1,4 +1,4 @@
-"""Image I/O at the project boundary (SPEC section 4; CONVENTIONS.md: RGB inside, convert at I/O).
+"""Image I/O at the project boundary (RGB inside the project; BGR/other layouts converted at I/O).
 
 Everything inside the project is RGB. Files are read with OpenCV (``IMREAD_UNCHANGED``, as the
 authors' data loader, so 16-bit files keep their precision and no EXIF rotation is applied) and
@@ -237,7 +237,7 @@ def _jpeg_uint8(arr: np.ndarray, quality: int) -> np.ndarray:
 
 
 def jpeg_roundtrip(img: np.ndarray | torch.Tensor, quality: int) -> np.ndarray | torch.Tensor:
-    """JPEG-compress and decompress in memory with OpenCV at ``quality`` (SPEC section 6, IRN-C).
+    """JPEG-compress and decompress in memory with OpenCV at ``quality`` (Diss. sec. 3.4.2, IRN-C).
 
     Accepts numpy RGB ``[H, W, 3]`` / gray ``[H, W]`` (uint8, or float in [0, 1]) and torch float
     ``[3, H, W]`` / ``[B, 3, H, W]`` in [0, 1]. Float inputs are quantised like

@@ -1,4 +1,4 @@
-"""MATLAB-style bicubic ``imresize`` (SPEC section 5), vectorised and differentiable.
+"""MATLAB-style bicubic ``imresize`` (docs/method.md sec. 6), vectorised and differentiable.
 
 The IRN authors make their LR references with a port of MATLAB's
 ``imresize(img, scale, 'bicubic')``; PIL's and OpenCV's bicubic differ from it (other kernel, no
@@ -40,7 +40,7 @@ _SPARSE_DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 
 def cubic_kernel(x: np.ndarray) -> np.ndarray:
-    """Keys' cubic convolution kernel with ``a = -0.5`` (SPEC section 5).
+    """Keys' cubic convolution kernel with ``a = -0.5`` (Keys 1981).
 
     ``k(x) = 1.5|x|^3 - 2.5|x|^2 + 1`` for ``|x| <= 1``;
     ``k(x) = -0.5|x|^3 + 2.5|x|^2 - 4|x| + 2`` for ``1 < |x| <= 2``; 0 elsewhere.
@@ -72,7 +72,7 @@ def _weights_cached(
     stretch = scale < 1.0 and antialiasing
     if stretch:
         kernel_width = kernel_width / scale
-    # 1-based output positions mapped to continuous 1-based input coordinates (SPEC section 5).
+    # 1-based output positions mapped to continuous 1-based input coordinates (method.md sec. 6).
     out_pos = np.arange(1, out_length + 1, dtype=np.float64)
     u = out_pos / scale + 0.5 * (1.0 - 1.0 / scale)
     left = np.floor(u - kernel_width / 2.0)
@@ -93,7 +93,7 @@ def _weights_cached(
 def resize_weights(
     in_length: int, out_length: int, scale: float, antialiasing: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-axis interpolation tables of the MATLAB bicubic resize (SPEC section 5).
+    """Per-axis interpolation tables of the MATLAB bicubic resize (method.md sec. 6).
 
     Returns ``(weights, indices)``, both ``[out_length, taps]``: float64 weights that sum to 1 per
     row and 0-based input indices already mirrored into ``[0, in_length)`` (an index may repeat
@@ -228,7 +228,7 @@ def imresize(
     output_size: tuple[int, int] | None = None,
     antialiasing: bool = True,
 ) -> torch.Tensor | np.ndarray:
-    """MATLAB ``imresize(img, scale, 'bicubic')`` as used by the IRN authors (SPEC section 5).
+    """MATLAB ``imresize(img, scale, 'bicubic')`` as used by the IRN authors (method.md sec. 6).
 
     Args:
         img: a torch tensor ``[B, C, H, W]`` or ``[C, H, W]``, or a numpy array ``[H, W, C]`` or

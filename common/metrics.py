@@ -1,6 +1,8 @@
-"""Evaluation metrics exactly as the IRN authors' test script computes them (SPEC section 4).
+"""Evaluation metrics exactly as the IRN authors' test script computes them.
 
-All metric arithmetic is float64. Conventions (CONVENTIONS.md: RGB inside the project):
+The protocol is written out in docs/method.md sec. 5.
+
+All metric arithmetic is float64. Conventions (RGB inside the project):
 
 - numpy images are ``[H, W]`` or ``[H, W, C]`` (channel last), torch images ``[C, H, W]`` (or
   ``[B, C, H, W]`` where a function says so);
@@ -36,7 +38,7 @@ _SSIM_SIGMA = 1.5
 
 
 def rgb_to_y(img: np.ndarray | torch.Tensor, data_range: float = 1.0) -> np.ndarray | torch.Tensor:
-    """Luma of an RGB image, BT.601 as MATLAB ``rgb2ycbcr`` (SPEC section 4).
+    """Luma of an RGB image, BT.601 as MATLAB ``rgb2ycbcr`` (Diss. eq. 2.24, sec. 2.4.1).
 
     ``Y = 16 + 65.481 R + 128.553 G + 24.966 B`` for RGB in [0, 1], giving Y in [16, 235]. The
     result is returned on the input's scale: for RGB in ``[0, data_range]`` the Y values lie in
@@ -125,7 +127,7 @@ def psnr(
     crop_border: int = 0,
     max_val: float = 255.0,
 ) -> float:
-    """Peak signal-to-noise ratio ``20 log10(max_val / sqrt(MSE))`` in dB, float64 (SPEC 4).
+    """Peak signal-to-noise ratio ``20 log10(max_val / sqrt(MSE))`` in dB, float64 (method.md 5).
 
     ``crop_border`` pixels are removed on every side first; the MSE is the mean over all remaining
     pixels and channels. Identical images give ``inf``.
@@ -166,7 +168,7 @@ def ssim(
     crop_border: int = 0,
     max_val: float = 255.0,
 ) -> float:
-    """Structural similarity (Wang et al. 2004) as the authors' ``calculate_ssim`` (SPEC 4).
+    """Structural similarity (Wang et al. 2004) as the authors' ``calculate_ssim``.
 
     Gaussian window 11x11 with sigma 1.5, ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` with
     ``L = max_val`` (255), 'valid' filtering (5 px lost per side), mean of the SSIM map:
@@ -200,7 +202,7 @@ def ssim(
 def image_metrics(
     hr: np.ndarray | torch.Tensor, sr: np.ndarray | torch.Tensor, crop_border: int = 0
 ) -> dict[str, float]:
-    """PSNR/SSIM on the Y channel and on RGB, as the authors' test script (SPEC section 4).
+    """PSNR/SSIM on the Y channel and on RGB, as the authors' test script (Diss. sec. 3.3.3).
 
     Args:
         hr, sr: RGB images with values on the 0..255 scale: numpy ``[H, W, 3]`` uint8 (or float
@@ -229,7 +231,7 @@ def image_metrics(
 
 
 def quantize_to_uint8(img: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """``round(clamp(v, 0, 1) * 255)`` as uint8 (SPEC section 4), ties to even as numpy/torch.
+    """``round(clamp(v, 0, 1) * 255)`` as uint8 (docs/method.md sec. 5), ties to even.
 
     Accepts any shape; returns the same kind (numpy array, or tensor on the same device). Computed
     in the input's floating precision, as the authors' ``tensor2img``. NaN raises ValueError.
@@ -250,7 +252,7 @@ def quantize_to_uint8(img: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tens
 
 
 def modcrop(img: np.ndarray | torch.Tensor, scale: int) -> np.ndarray | torch.Tensor:
-    """Crop the bottom/right so that H and W are multiples of ``scale`` (SPEC section 4).
+    """Crop the bottom/right so that H and W are multiples of ``scale`` (Diss. eq. 3.10).
 
     numpy ``[H, W]``/``[H, W, C]`` (crops axes 0, 1) or torch ``[C, H, W]``/``[B, C, H, W]``
     (crops the last two axes). Returns a view of the top-left part.

@@ -3,7 +3,8 @@
 IRN quantises the generated LR image before it is stored or upscaled, so the network learns to
 upscale images that really are 8-bit; rounding has no useful gradient, so the gradient is passed
 straight through (Xiao et al., "Invertible Image Rescaling", ECCV 2020, arXiv:2005.05650,
-sec. 3.3; Bengio et al. 2013, arXiv:1308.3432, for the straight-through estimator; SPEC sec. 3).
+sec. 3.3; Bengio et al. 2013, arXiv:1308.3432, for the straight-through estimator; Diss.
+eq. 3.12-3.13; docs/method.md sec. 4.2).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ __all__ = [
 
 
 class DenseBlock(nn.Module):
-    """IRN's subnet ("DBNet"): a five-convolution dense block (SPEC sec. 2).
+    """IRN's subnet ("DBNet"): a five-convolution dense block (IRN sec. 4.1; Diss. fig. 3.3).
 
     Each 3x3 convolution (padding 1) sees the concatenation of the input and all previous
     outputs: ``cin->gc, cin+gc->gc, cin+2gc->gc, cin+3gc->gc, cin+4gc->cout``, LeakyReLU(0.2)
@@ -40,7 +40,7 @@ class DenseBlock(nn.Module):
       (2) the concatenation grows by one output per convolution, ``feats = cat((feats, x_k))``,
       so the backward pass adds each convolution's input gradient to the next concatenation's
       gradient in one block (4 additions per block instead of 10 piecewise ones, fewer autograd
-      nodes): -4% bf16 / -3% float32 training-step time on the CPU, the same values, and with
+      nodes): a shorter training step (docs/performance.md), the same values, and with
       ``channels_last`` the same float32 gradients bit for bit. ``fast=False`` and
       ``channels_last=False`` is the authors' computation exactly (the "baseline" of the
       benchmark).

@@ -1,4 +1,4 @@
-"""The 8x8 digits ("MNIST8", SPEC sec. 7): fixed split, uniform dequantisation, bits per dimension.
+"""The 8x8 digits ("MNIST8", Diss. sec. 3.2.2): fixed split, uniform dequantisation, bits/dim.
 
 scikit-learn ships the UCI optical-digits set as ``load_digits``: 1797 grey images of 8x8 pixels
 with integer values 0..16 (17 levels). After a seeded shuffle the first 1617 images are the
@@ -11,7 +11,7 @@ the volume change of the ``1/17`` scaling, which gives the reported bits per dim
 
     bpd = (NLL_nats(x) + D * log 17) / (D * log 2),      D = 64
 
-(SPEC sec. 7; Glow eq. 2 with ``a = 1/17``).
+(docs/method.md sec. 9.3; Glow eq. 2 with ``a = 1/17``).
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def bits_per_dim(
 ) -> torch.Tensor | float:
     """Bits per dimension of the discrete data from the log-density of ``x = (v + u) / 17``.
 
-    ``bpd = (-log_prob_nats + num_dims * log(num_levels)) / (num_dims * log 2)`` (SPEC sec. 7),
+    ``bpd = (-log_prob_nats + num_dims * log(num_levels)) / (num_dims * log 2)``
+    (docs/method.md sec. 9.3),
     elementwise for a tensor of per-image log-likelihoods in nats. A uniform density on
     ``[0, 1]^64`` (log_prob 0) gives ``log2(17)`` bits/dim.
     """

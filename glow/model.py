@@ -5,16 +5,16 @@ A *step of flow* (Glow sec. 3, fig. 2a) is ``ActNorm -> channel mixing -> affine
 :class:`~common.conv1x1.ChannelPermutation`, :class:`~common.AffineCoupling`). Two
 architectures:
 
-* ``"flat"`` (the dissertation's model for the 8x8 digits, SPEC sec. 7): ``K`` steps acting on
+* ``"flat"`` (the dissertation's model for the 8x8 digits, Diss. sec. 3.2): ``K`` steps acting on
   the 64 pixel values as one vector ``[B, 64]`` with a fully connected ReLU coupling network
   (:func:`~common.mlp_subnet`). By default the mixing is a *fixed random permutation*: the
   dissertation's step is "actnorm -> permutation -> coupling" (its fig. 3.1, ``AllInOne``; "we
   randomly permute channels before splitting them at a coupling layer", sec. 3.3), as in FrEIA's
-  ``AllInOneBlock`` that it was compared with. It is also what trains best here: after 5 epochs
-  (``bench/compare_freia.py``, 3 seeds) about 2.59 bits/dim, against 2.75 with Glow's LU 1x1
-  convolution (``permutation="invconv_lu"``, a learned 64x64 matrix) and 2.68 for FrEIA. The
-  steps are evaluated by :class:`~common.fused.FusedFlatFlow` (the same maths with far fewer
-  operations and stacked parameters). No 4-D reshapes.
+  ``AllInOneBlock`` that it was compared with. It also trained best in ``bench/compare_freia.py``
+  (ahead of Glow's LU 1x1 convolution, ``permutation="invconv_lu"``, a learned 64x64 matrix, and
+  of FrEIA; numbers in docs/performance.md). The steps are evaluated by
+  :class:`~common.fused.FusedFlatFlow` (the same maths with far fewer operations and stacked
+  parameters). No 4-D reshapes.
 * ``"multiscale"`` (Glow sec. 3 / fig. 2b, after RealNVP; mixing by default Glow's LU-decomposed
   1x1 convolution, sec. 3.2): ``L`` levels of
   ``squeeze -> K steps -> split``. Each split factors out half of the channels with a learned

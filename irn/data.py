@@ -1,4 +1,4 @@
-"""Training and validation data for IRN (SPEC sec. 3): HR patches and their bicubic LR references.
+"""Training and validation data for IRN (IRN sec. 4.1): HR patches and their bicubic LR references.
 
 Training samples are *stateless*: sample ``k`` (the ``k``-th image of the run, counting over all
 iterations and batch positions) is drawn from ``numpy.random.default_rng([seed, k])``. The patch a
@@ -321,7 +321,7 @@ def make_loader(
 
 
 def validation_pairs(images: Sequence[NamedImage], scale: int) -> list[dict]:
-    """Modcropped HR and its bicubic LR for each validation image (SPEC sec. 4)."""
+    """Modcropped HR and its bicubic LR for each validation image (method.md sec. 5)."""
     out = []
     for item in images:
         hr = modcrop(item.load(), scale)

@@ -1,6 +1,7 @@
-"""The paper's evaluation of one image (SPEC sec. 4), shared by ``evaluate.py`` and validation.
+"""The paper's evaluation of one image, shared by ``evaluate.py`` and validation.
 
-For an HR image (RGB float in [0, 1]):
+The protocol (docs/method.md sec. 5; IRN sec. 4.1; Diss. sec. 3.3.3), for an HR image (RGB
+float in [0, 1]):
 
 1. ``HR`` is cropped to a multiple of the scale from the top-left (``modcrop``);
 2. ``LR' = Quant(f(HR)[:, :3])`` (8-bit, as a stored image would be);
@@ -214,7 +215,7 @@ def bicubic_baseline(
     jpeg_quality: int | None = None,
     return_images: bool = False,
 ) -> dict:
-    """The "Bicubic & Bicubic" baseline: MATLAB-style bicubic down then up, HR metrics (SPEC 4).
+    """The "Bicubic & Bicubic" baseline: MATLAB-style bicubic down then up, HR metrics.
 
     By default the LR stays in float, as in the reference numbers this project is checked
     against (28.39 / 0.7794 Y on the sample validation photos at x4; with ``quantize_lr=True``,

@@ -1,4 +1,5 @@
-"""IRN's training objective (IRN sec. 3.3, Diss. table 2.1; SPEC sec. 3) and the dissertation's
+"""IRN's training objective (IRN sec. 3.3, Diss. table 2.1; docs/method.md sec. 4) and the
+dissertation's
 loss options.
 
 All losses are sums over pixels (and channels) averaged over the batch, as the authors' code
@@ -12,7 +13,7 @@ All losses are sums over pixels (and channels) averaged over the batch, as the a
 
 ``y_channel_usage = u`` (the dissertation's IRN-Y, appendix A.1) replaces a loss by
 ``(1 - u) * loss_RGB + u * loss_Y`` for guidance and reconstruction, with Y the BT.601 luma in
-[0, 1] units (the Y the evaluation measures, SPEC sec. 4).
+[0, 1] units (the Y the evaluation measures, Diss. eq. 2.24).
 """
 
 from __future__ import annotations
@@ -61,6 +62,6 @@ def mixed_loss(
 
 
 def distribution_loss(z: torch.Tensor) -> torch.Tensor:
-    """``mean_b sum z^2`` (IRN's practical distribution-matching loss, SPEC sec. 3)."""
+    """``mean_b sum z^2`` (IRN's practical distribution-matching loss, IRN sec. 3.3)."""
     zf = z if z.dtype == torch.float64 else z.float()
     return (zf * zf).sum() / z.shape[0]

@@ -45,7 +45,7 @@ def test_flat_variant_proofs(cls):
 
 
 def test_enhanced_coupling_equations():
-    """Forward against SPEC sec. 1 written out by hand."""
+    """Forward against docs/method.md sec. 2.5 written out by hand."""
     torch.manual_seed(2)
     layer = perturb_(EnhancedAffineCoupling(4, 1, CONV, clamp=1.3, clamp_tightness=1.7), std=0.3)
     x = torch.randn(2, 4, 4, 4)

@@ -1,4 +1,4 @@
-"""Tests for common/imresize.py: MATLAB bicubic against the authors' outputs (SPEC section 5)."""
+"""Tests for common/imresize.py: MATLAB bicubic against the authors' outputs (method.md sec. 6)."""
 
 from __future__ import annotations
 
@@ -196,9 +196,7 @@ def test_vectorised_is_at_least_5x_faster_than_row_loop():
     # DIV2K-sized RGB image [3, 1356, 2040] float32, x1/4 (IRN x4 LR generation). Both versions
     # run on one thread: a fair single-core comparison, and it avoids the thread contention that
     # makes tiny per-row ops erratic when other jobs share this 2-core box.
-    # Measured (min of repeats, machine shared with other jobs): vectorised 0.012-0.016 s,
-    # row loop 0.077-0.12 s, ratio 5.1-7.9x; at x1/2: 0.04 s vs 0.27-0.30 s. A numpy row loop
-    # whose rows are BLAS calls is faster (~0.04 s at x1/4, only ~3-4x slower).
+    # The measured times are in docs/performance.md ("Bicubic imresize").
     # Noise can only lower the ratio, so the best of up to three attempts is taken.
     x = torch.from_numpy(np.random.default_rng(0).random((3, 1356, 2040), dtype=np.float32))
     scale = 0.25

@@ -1,4 +1,4 @@
-"""Tests for common/metrics.py against the IRN authors' numbers (SPEC section 4)."""
+"""Tests for common/metrics.py against the IRN authors' numbers (docs/method.md sec. 5)."""
 
 from __future__ import annotations
 
