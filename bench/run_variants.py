@@ -75,6 +75,25 @@ def _mean(path: Path) -> dict[str, float]:
     return json.loads(path.read_text())["datasets"][0]["mean"]
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The variants' results as a Markdown table (README / docs)."""
+    lines = [
+        "| variant | training flags | HR' PSNR-Y / SSIM-Y | HR' PSNR-RGB | LR' PSNR-Y | "
+        "HR' PSNR-Y after JPEG q=90 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p, j = r["plain"], r["jpeg90"]
+        lr = f"{p['lr_psnr_y']:.2f}" if "lr_psnr_y" in p else "-"
+        evaluated = ["; eval", *r["eval_flags"]] if r["eval_flags"] else []
+        flags = " ".join(r["train_flags"] + evaluated)
+        lines.append(
+            f"| {r['variant']} | `{flags or '(defaults)'}` | {p['psnr_y']:.2f} / "
+            f"{p['ssim_y']:.4f} | {p['psnr_rgb']:.2f} | {lr} | {j['psnr_y']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=200)
@@ -140,21 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"settings": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=2)
         + "\n"
     )
-    lines = [
-        "| variant | training flags | HR' PSNR-Y / SSIM-Y | HR' PSNR-RGB | LR' PSNR-Y | "
-        "HR' PSNR-Y after JPEG q=90 |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        p, j = r["plain"], r["jpeg90"]
-        lr = f"{p['lr_psnr_y']:.2f}" if "lr_psnr_y" in p else "-"
-        evaluated = ["; eval", *r["eval_flags"]] if r["eval_flags"] else []
-        flags = " ".join(r["train_flags"] + evaluated)
-        lines.append(
-            f"| {r['variant']} | `{flags or '(defaults)'}` | {p['psnr_y']:.2f} / "
-            f"{p['ssim_y']:.4f} | {p['psnr_rgb']:.2f} | {lr} | {j['psnr_y']:.2f} |"
-        )
-    table = "\n".join(lines) + "\n"
+    table = markdown_table(rows)
     (args.out / "variants.md").write_text(table)
     print(table)
     return 0

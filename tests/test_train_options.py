@@ -1,4 +1,4 @@
-"""The dissertation's training options (issue 8, SPEC sec. 6): each one changes what it should.
+"""The dissertation's training options (its sec. 3.4): each one changes what it should.
 
 Every test computes the expected objective by hand from the model's own forward/inverse and
 compares it with ``train_irn.compute_losses`` (or the training loop) under that option; the
