@@ -159,3 +159,18 @@ def test_bench_loader_tiny(tmp_path, capsys):
         with pytest.raises(SystemExit):
             bench_loader.main(bad)
         assert message in capsys.readouterr().err
+
+
+def test_loss_sequence_compare_names_the_first_differing_step():
+    from bench import loss_sequence
+
+    before = {"a": [1.0, 2.0, 3.0], "b": [1.0, 2.0], "c": [1.0]}
+    now = {"a": [1.0, 2.0, 3.0], "b": [1.0, 2.5]}
+    assert loss_sequence.compare(now, before) == [
+        "a: bit-identical (3 losses)",
+        "b: DIFFERS from step 2",
+        "c: missing",
+    ]
+    assert loss_sequence.compare({"a": [1.0, 2.0]}, {"a": [1.0, 2.0, 3.0]}) == [
+        "a: DIFFERS from step 3"
+    ]
