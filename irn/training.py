@@ -5,7 +5,7 @@ describe their job as a :class:`Task` (the objective of a batch, the latent shap
 and its messages) and call :func:`train`, which reads as the loop it runs::
 
     run = build_run(task, model_cfg, cfg, rank, world, device)    # data, model, optimiser, ...
-    restore_or_init(run, task)                                     # --resume / --init-weights
+    restore_or_init(run)                                           # --resume / --init-weights
     run_steps(run, batches, train_step, after_step)                # common/training.py
     save_run(run, out_dir / "last.pt", "last")
 
@@ -471,7 +471,8 @@ class IRNRun(TrainState):
     history: list[dict[str, float]] = field(default_factory=list)
     val_history: list[dict[str, float]] = field(default_factory=list)
     step_ok: bool = True
-    clock: list[float] = field(default_factory=lambda: [time.perf_counter(), 0])
+    t_last: float = 0.0  # when the iterations-per-second clock last started
+    steps_since: int = 0  # optimiser steps since then
 
     @property
     def main_process(self) -> bool:
@@ -565,7 +566,7 @@ def train_step(run: IRNRun, batch: dict[str, torch.Tensor]) -> None:
 def log_step(run: IRNRun, record: dict[str, float], weights: tuple[float, float]) -> None:
     """TensorBoard scalars every ``--log-every`` iterations and at the last."""
     cfg, tb = run.cfg, run.tb
-    run.clock[1] += 1
+    run.steps_since += 1
     if run.step % cfg.log_every and run.step != cfg.iters:
         return
     now = time.perf_counter()
@@ -576,8 +577,8 @@ def log_step(run: IRNRun, record: dict[str, float], weights: tuple[float, float]
     if cfg.loss_flip_period is not None:
         tb.scalar("train/lambda_guide", weights[0], run.step)
         tb.scalar("train/lambda_recon", weights[1], run.step)
-    tb.scalar("train/iters_per_s", run.clock[1] / max(now - run.clock[0], 1e-9), run.step)
-    run.clock[:] = [now, 0]
+    tb.scalar("train/iters_per_s", run.steps_since / max(now - run.t_last, 1e-9), run.step)
+    run.t_last, run.steps_since = now, 0
 
 
 def after_step(run: IRNRun) -> None:
@@ -838,7 +839,7 @@ def train(
         enabled=run.main_process,
     )  # fmt: skip
     run.model.train()
-    run.clock[:] = [time.perf_counter(), 0]
+    run.t_last, run.steps_since = time.perf_counter(), 0
     batches = itertools.islice(loader, max(0, cfg.iters - run.step))
     try:
         interrupted = run_steps(run, batches, train_step, after_step, world, device)
