@@ -51,12 +51,11 @@ from common.images import jpeg_roundtrip
 from common.imresize import imresize
 from common.quantize import quantize_ste
 from common.runtime import autocast_context
-from common.training import setup_distributed, teardown_distributed
 from irn.data import validation_pairs
 from irn.evaluation import bicubic_baseline, evaluate_rescaling, mean_metrics
 from irn.losses import distribution_loss, mixed_loss
 from irn.model import IRN, IRNConfig
-from irn.training import StepNoise, Task, TrainConfig, draw_noise, train, unwrap
+from irn.training import StepNoise, Task, TrainConfig, draw_noise, train_distributed, unwrap
 
 
 @configclass
@@ -322,11 +321,7 @@ def irn_task(model_cfg: IRNConfig) -> Task:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_cfg, cfg = parse_args(argv)
-    rank, world, device = setup_distributed(cfg.device)
-    try:
-        return train(irn_task(model_cfg), model_cfg, cfg, rank, world, device)
-    finally:
-        teardown_distributed(world)
+    return train_distributed(irn_task(model_cfg), model_cfg, cfg)
 
 
 if __name__ == "__main__":

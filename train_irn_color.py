@@ -26,7 +26,6 @@ import torch
 
 from common.checkpoint import CheckpointError
 from common.config import ConfigError, add_dataclass_arguments, configclass, dataclass_from_args
-from common.training import setup_distributed, teardown_distributed
 from irn.color import (
     COLOR_LAMBDA_GUIDE,
     IRNColor,
@@ -36,7 +35,7 @@ from irn.color import (
     preview_color,
 )
 from irn.evaluation import mean_metrics
-from irn.training import StepNoise, Task, TrainConfig, train, unwrap
+from irn.training import StepNoise, Task, TrainConfig, train_distributed, unwrap
 
 
 @configclass
@@ -162,11 +161,7 @@ COLOR_TASK = Task(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_cfg, cfg = parse_args(argv)
-    rank, world, device = setup_distributed(cfg.device)
-    try:
-        return train(COLOR_TASK, model_cfg, cfg, rank, world, device)
-    finally:
-        teardown_distributed(world)
+    return train_distributed(COLOR_TASK, model_cfg, cfg)
 
 
 if __name__ == "__main__":

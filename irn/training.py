@@ -68,6 +68,8 @@ from common.training import (
     restore_state,
     run_steps,
     save_state,
+    setup_distributed,
+    teardown_distributed,
 )
 from irn.checkpoints import read_init_weights
 from irn.data import (
@@ -823,6 +825,16 @@ def announce(run: IRNRun, local_batch: int) -> None:
         f"batch {cfg.batch_size}{chunks}, patch {cfg.patch_size}; iterations {run.step} -> "
         f"{cfg.iters}; output {run.out_dir}",
     )
+
+
+def train_distributed(task: Task, model_cfg: Any, cfg: TrainConfig) -> dict[str, Any]:
+    """:func:`train` in this process of a ``torchrun`` group (or alone), the group torn down
+    afterwards whatever happens."""
+    rank, world, device = setup_distributed(cfg.device)
+    try:
+        return train(task, model_cfg, cfg, rank, world, device)
+    finally:
+        teardown_distributed(world)
 
 
 def train(
