@@ -3,7 +3,7 @@ events: each run's PSNR-Y / SSIM-Y at every validation step, the mean, standard 
 range over the runs, a reference curve's place in that range, and paired differences.
 
 Seed noise is large early in training (several dB at iteration 200 on the sample photos), so one
-run says little; this is how the README's curve tables and their statistics are made::
+run says little; this is how docs/results.md's curve tables and their statistics are made::
 
     python bench/curves.py runs/curve_seed10 runs/curve_seed1 runs/curve_seed2 \\
         --reference 25.72,27.03,28.05,28.35,28.70 \\

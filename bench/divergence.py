@@ -8,7 +8,7 @@ difference starts at 0 and grows about tenfold every few iterations on IRN x4: a
 iterations they are different runs, which is why a single run's validation curve moves by dB
 early on, whatever the seed::
 
-    python bench/divergence.py --amp --seed 3 --iters 40          # the README's numbers
+    python bench/divergence.py --amp --seed 3 --iters 40          # docs/results.md's numbers
     python bench/divergence.py --iters 40 -- --scale 2            # any train_irn.py flags after --
 
 Prints ``step, loss A, loss B, |A - B| / |A|`` and the first step where the relative difference

@@ -95,7 +95,7 @@ class InvConv1x1(nn.Module):
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input(self, y, self.channels, direction="inverse")
-        # Inverting a small matrix: do it in float64 and cast back (CONVENTIONS).
+        # Inverting a small matrix: do it in float64 and cast back (docs/method.md sec. 1).
         w_inv = torch.linalg.inv(self.weight_matrix(torch.float64))
         return _mix(y, w_inv), -self._logdet(y)
 

@@ -21,7 +21,8 @@ def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
 
 
 def logdet_dtype(x: torch.Tensor) -> torch.dtype:
-    """Log-determinants are float32 or wider, even when ``x`` is half precision (CONVENTIONS)."""
+    """Log-determinants are float32 or wider, even when ``x`` is half precision
+    (docs/method.md sec. 1)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 

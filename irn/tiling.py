@@ -12,13 +12,10 @@ memory is that of one padded tile, whatever the image size.
 The IRN is fully convolutional, but its receptive field is large (x4: 8 couplings at 1/2 size
 and 8 at 1/4 size, each applying two dense blocks of five 3x3 convolutions one after the other,
 i.e. 8 * 10 / 2 + 8 * 10 = 120 LR pixels of radius), so a tile is never *exactly* the untiled
-result. The influence of far pixels decays quickly, though. Measured with the authors'
-architecture (weights perturbed, N(0, 0.02) added; 384x384 crop, 128 px tiles), the largest
-difference to the untiled result was, for 0 / 4 / 8 / 12 / 16 / 32 LR pixels of context:
-LR' 116 / 2 / 1 / 1 / 1 / 1 grey levels (1 = a rounding flip, on 0.02 % of the pixels at 8,
-on < 0.005 % from 12 on), HR' before quantisation 17 / 0.24 / 1.7e-3 / 1.9e-5 / 1.9e-5 / 1.7e-5.
-:data:`DEFAULT_OVERLAP` = 16 LR pixels is twice what that needed; the README gives the numbers
-for a 2K image.
+result. The influence of far pixels decays quickly, though: a few LR pixels of context
+already bring the tiled result within a rounding flip of the untiled one, and
+:data:`DEFAULT_OVERLAP` = 16 LR pixels leaves a wide margin (docs/performance.md, "Large
+images: tiles", gives the measurements and their commands).
 
 The latent
 ----------

@@ -1,4 +1,4 @@
-"""The three proofs every invertible layer must pass (CONVENTIONS, "Tests that prove the math").
+"""The three proofs every invertible layer must pass (docs/method.md sec. 1).
 
 1. round trip: ``inverse(forward(x)) == x`` and ``logdet_fwd + logdet_inv == 0``;
 2. the per-sample log-det equals ``slogdet`` of the autograd Jacobian, in both directions;
