@@ -46,11 +46,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from common.atomic import atomic_write_bytes
 from common.config import ConfigError, configclass, parse_config_with_args
 from common.images import IMAGE_EXTENSIONS, ImageReadError, list_images, load_image, save_image
 from common.metrics import quantize_to_uint8
 from irn import cli
-from irn.eval_io import atomic_write_bytes
 from irn.tiling import downscale_tiled, pad_to_multiple, sample_z, upscale_tiled
 
 SIZE_KEY = "irn:original-size"

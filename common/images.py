@@ -9,7 +9,6 @@ converted BGR -> RGB here; writing converts back. Loaded images are float32 ``[H
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from common.atomic import atomic_write_bytes
 from common.metrics import quantize_to_uint8
 
 __all__ = [
@@ -185,19 +185,7 @@ def save_image(path: PathLike, img: np.ndarray | torch.Tensor, quality: int = 95
     path = Path(path)
     quality = _check_quality(quality)
     data = _encode(_rgb_to_bgr(_to_uint8_hwc(img)), path.suffix, quality)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # os.open with 0o666 so the final file gets the usual umask-derived permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     return path
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from common.atomic import atomic_write_bytes
 from common.images import ImageReadError
 from common.runtime import ProgressLogger
 from irn.cli import fail
@@ -233,24 +232,6 @@ def safe_name(name: str) -> str:
     """A relative path safe on every file system (``skimage:chelsea`` -> ``skimage_chelsea``)."""
     parts = [re.sub(r"[^A-Za-z0-9._-]+", "_", p) for p in Path(name).parts if p not in ("..", "/")]
     return "/".join(p for p in parts if p) or "image"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path`` and move it into place
-    (``os.replace``): a reader never sees a partial file. Parent folders are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def jsonable(value: Any) -> Any:
