@@ -94,6 +94,6 @@ def reconcile_resume_flags(
 def nothing_to_do(source: str, step: int, total: int, flag: str = "--iters") -> str:
     """The message of a resume at or past the end of training (nothing is written)."""
     return (
-        f"Nothing to do: {source} is at iteration {step}, and {flag} asks for {total}; nothing "
-        f"was trained or written. Raise {flag} to train further."
+        f"Nothing to do: {source} is at step {step} of the {total} that {flag} asks for; "
+        f"nothing was trained or written. Raise {flag} to train further."
     )

@@ -95,7 +95,7 @@ def _positive(cfg: Any, names: tuple[str, ...], strict: bool) -> None:
     for name in names:
         value = getattr(cfg, name)
         if not (value > 0 and math.isfinite(value) if strict else value >= 1):
-            want = "a finite number > 0" if strict else ">= 1"
+            want = "> 0 and finite" if strict else ">= 1"
             raise ConfigError(f"must be {want}, got {value}", field=name)
 
 
