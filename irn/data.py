@@ -113,8 +113,10 @@ def _image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` from the file header, without decoding the pixels."""
     from PIL import Image
 
+    from irn.limits import pil_unbounded
+
     try:
-        with Image.open(path) as im:
+        with pil_unbounded(), Image.open(path) as im:  # size limit: irn.limits
             w, h = im.size
     except Exception as err:  # PIL raises many kinds; all mean "not an image we can read"
         raise ImageReadError(f"{path}: cannot read the image header ({err})") from None

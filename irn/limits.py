@@ -15,9 +15,9 @@ suggesting tiling (:func:`allocation_message`).
 
 from __future__ import annotations
 
+import contextlib
 import sys
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "header_size",
     "is_allocation_failure",
     "min_side",
+    "pil_unbounded",
     "too_small",
     "usable_validation_images",
 ]
@@ -78,22 +79,30 @@ def usable_validation_images(items: Sequence[Any], scale: int, say: bool = True)
     return keep
 
 
+@contextlib.contextmanager
+def pil_unbounded() -> Iterator[None]:
+    """PIL's decompression-bomb check off while reading a header: the size limit is
+    :func:`check_pixels`' job, with a message naming the flag."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def header_size(path: str | Path) -> tuple[int, int] | None:
     """``(height, width)`` of an image file from its header (no pixel decoding), or ``None``
     when PIL cannot read the header (the decoder then reports the real error)."""
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # DecompressionBombWarning: this is the check for it
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except Exception:  # not readable by PIL: leave it to the decoder
-            return None
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+    try:
+        with pil_unbounded(), Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # not readable by PIL: leave it to the decoder
+        return None
     return int(h), int(w)
 
 
