@@ -8,7 +8,9 @@ converted BGR -> RGB here; writing converts back. Loaded images are float32 ``[H
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +25,10 @@ from common.metrics import quantize_to_uint8
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "apply_orientation",
     "decode_image",
+    "exif_orientation",
+    "oriented_size",
     "to_float01",
     "load_image",
     "load_image_tensor",
@@ -75,6 +80,9 @@ def decode_image(path: PathLike) -> np.ndarray:
         raise ImageReadError(
             f"'{path}' has unsupported sample type {img.dtype}; expected {_EXPECTED}"
         )
+    if img.dtype == np.float32:
+        _check_float_range(img, path)
+    img = apply_orientation(img, exif_orientation(data), path)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 2:
@@ -87,6 +95,70 @@ def decode_image(path: PathLike) -> np.ndarray:
     if channels == 2:  # gray + alpha
         return np.repeat(img[:, :, :1], 3, axis=2)
     return np.ascontiguousarray(img[:, :, 2::-1])  # BGR(A) -> RGB
+
+
+def _check_float_range(img: np.ndarray, path: Path) -> None:
+    """A float image must hold values in [0, 1] (the project's convention): a float TIFF of
+    radiance or of 0..255 values would otherwise give a wrong LR without a word."""
+    if not np.isfinite(img).all():
+        raise ImageReadError(f"'{path}' is a float image holding NaN or inf; expected [0, 1]")
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ImageReadError(
+            f"'{path}' is a float image with values in [{lo:.4g}, {hi:.4g}], outside [0, 1]; "
+            "rescale it to [0, 1] (or save it as 8/16-bit) first"
+        )
+
+
+_ORIENTED: list[str] = []  # files whose EXIF orientation was applied (the note is said once)
+
+
+def exif_orientation(data: bytes | np.ndarray) -> int:
+    """The EXIF orientation tag (1-8; 1 = as stored) of an encoded image, 1 without one."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # no EXIF, or a format PIL does not read: as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int, path: PathLike = "") -> np.ndarray:
+    """``img`` (HWC or HW) turned as EXIF ``orientation`` says a viewer shows it (the
+    transforms of the EXIF 2.3 standard, as PIL's ``ImageOps.exif_transpose``); the first time
+    in a process a note says so, naming the file."""
+    if orientation == 1:
+        return img
+    swap = (1, 0, 2) if img.ndim == 3 else (1, 0)
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(swap),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.transpose(swap)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }[orientation](img)
+    if not _ORIENTED:
+        print(
+            f"note: applying the EXIF orientation of {path} (tag {orientation}) and of every "
+            "other image that has one, as photo viewers show them",
+            file=sys.stderr,
+        )
+    _ORIENTED.append(str(path))
+    return np.ascontiguousarray(turned)
+
+
+def oriented_size(path: PathLike, hw: tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of the header's ``hw`` after the file's EXIF orientation."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return hw
+    return (hw[1], hw[0]) if exif_orientation(head) in (5, 6, 7, 8) else hw
 
 
 def to_float01(img: np.ndarray) -> np.ndarray:

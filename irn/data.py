@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common.images import ImageReadError, decode_image, list_images, to_float01
+from common.images import (
+    ImageReadError,
+    decode_image,
+    list_images,
+    oriented_size,
+    to_float01,
+)
 from common.imresize import imresize
 from common.metrics import modcrop
 
@@ -120,7 +126,7 @@ def _image_size(path: Path) -> tuple[int, int]:
             w, h = im.size
     except Exception as err:  # PIL raises many kinds; all mean "not an image we can read"
         raise ImageReadError(f"{path}: cannot read the image header ({err})") from None
-    return int(h), int(w)
+    return oriented_size(path, (int(h), int(w)))  # as decode_image turns it
 
 
 def load_folder(root: str | Path, what: str = "--data", decode: bool = False) -> list[NamedImage]:
