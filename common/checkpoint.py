@@ -54,6 +54,7 @@ __all__ = [
     "check_finite_state",
     "checkpoint_path",
     "find_latest_checkpoint",
+    "is_unsafe_pickle",
     "list_checkpoints",
     "load_checkpoint",
     "load_weights_strict",
@@ -119,11 +120,17 @@ def _describe(err: BaseException, limit: int = 200) -> str:
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
+def is_unsafe_pickle(err: BaseException) -> bool:
+    """Whether a ``torch.load(..., weights_only=True)`` failure is a refused pickled object."""
+    text = str(err)
+    return "Unsupported global" in text or _GLOBAL.search(text) is not None
+
+
 def unreadable_message(path: PathLike, err: BaseException) -> str:
     """One line for a ``torch.load(..., weights_only=True)`` failure: a refused pickle is named
     as such (without torch's advice to turn safe loading off), anything else as unreadable."""
     text = _ANSI.sub("", str(err))
-    if "Unsupported global" in text or "WeightsUnpickler" in text:
+    if is_unsafe_pickle(err):
         found = _GLOBAL.search(text)
         what = f" ({found.group(1)})" if found else ""
         return (

@@ -30,6 +30,7 @@ import torch
 
 from common.checkpoint import (
     CheckpointError,
+    is_unsafe_pickle,
     load_checkpoint,
     load_weights_strict,
     unreadable_message,
@@ -239,7 +240,7 @@ def _read(source: Any, map_location: Any) -> tuple[Mapping[str, Any], str]:
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:  # unpickling errors come in many types
-            if "Unsupported global" in str(err) or "WeightsUnpickler" in str(err):
+            if is_unsafe_pickle(err):
                 raise ValueError(unreadable_message(path, err)) from None
             first = (str(err).strip().splitlines() or [""])[0][:200]
             raise ValueError(
