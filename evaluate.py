@@ -46,9 +46,7 @@ import numpy as np
 import torch
 
 import rescale
-from common.atomic import remove_stale_temps
 from common.config import ConfigError, config_to_dict, configclass, parse_config_with_args
-from common.outputs import check_dir, check_file, clean_stale_temps
 from common.runtime import ProgressLogger
 from irn import cli, eval_io, limits
 from irn.data import NamedImage
@@ -233,24 +231,15 @@ def lr_metrics(cfg: EvalConfig) -> bool:
 
 
 def check_outputs(parser: argparse.ArgumentParser, cfg: EvalConfig, datasets) -> None:
-    """``--json`` and ``--save-images`` checked before any work (:mod:`common.outputs`),
-    inputs of ``--max-megapixels`` refused from their headers; stale temporary files of a
-    killed run removed."""
-    images = [i.path for d in datasets for i in d.images if i.path is not None]
-    images += [] if cfg.z_from is None else [cfg.z_from]
-    inputs = images + ([] if cfg.checkpoint is None else [cfg.checkpoint])
+    """``--json`` and ``--save-images`` checked before any work (:func:`eval_io.check_outputs`)
+    and images above ``--max-megapixels`` refused from their headers."""
+    others = [cfg.checkpoint, cfg.z_from]
+    images = eval_io.check_outputs(parser, cfg.json, cfg.save_images, datasets, others)
     try:
-        if cfg.json is not None:
-            check_file(cfg.json, "--json", (".json",), inputs)
-        if cfg.save_images is not None:
-            check_dir(cfg.save_images, "--save-images")
-        for path in images:
+        for path in images + ([] if cfg.z_from is None else [cfg.z_from]):
             limits.check_pixels(path, "--data", cfg.max_megapixels)
     except ValueError as err:
         cli.fail(parser, str(err))
-    clean_stale_temps([None if cfg.json is None else cfg.json.parent])
-    if cfg.save_images is not None and cfg.save_images.is_dir():
-        remove_stale_temps(cfg.save_images, recursive=True)
 
 
 def _lr_size_mismatch(

@@ -23,8 +23,9 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from common.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes, remove_stale_temps
 from common.images import ImageReadError
+from common.outputs import OutputError, check_dir, check_file, clean_stale_temps
 from common.runtime import ProgressLogger
 from irn.cli import fail
 from irn.data import SAMPLE_VAL, NamedImage, load_folder, sample_photos
@@ -33,6 +34,7 @@ __all__ = [
     "Column",
     "Dataset",
     "atomic_write_bytes",
+    "check_outputs",
     "checkpoint_settings",
     "dataset_tables",
     "find_dataset",
@@ -232,6 +234,31 @@ def safe_name(name: str) -> str:
     """A relative path safe on every file system (``skimage:chelsea`` -> ``skimage_chelsea``)."""
     parts = [re.sub(r"[^A-Za-z0-9._-]+", "_", p) for p in Path(name).parts if p not in ("..", "/")]
     return "/".join(p for p in parts if p) or "image"
+
+
+def check_outputs(
+    parser: argparse.ArgumentParser,
+    json_path: Path | None,
+    save_images: Path | None,
+    datasets: Sequence[Dataset],
+    other_inputs: Sequence[Path | None] = (),
+) -> list[Path]:
+    """``--json`` and ``--save-images`` checked before any work (:mod:`common.outputs`: wrong
+    kind, below a file, unwritable, extension, the report being an input file); the temporary
+    files a killed run left there are removed. Returns the input image paths."""
+    images = [i.path for d in datasets for i in d.images if i.path is not None]
+    inputs = images + [p for p in other_inputs if p is not None]
+    try:
+        if json_path is not None:
+            check_file(json_path, "--json", (".json",), inputs)
+        if save_images is not None:
+            check_dir(save_images, "--save-images")
+    except OutputError as err:
+        fail(parser, str(err))
+    clean_stale_temps([None if json_path is None else json_path.parent])
+    if save_images is not None and save_images.is_dir():
+        remove_stale_temps(save_images, recursive=True)
+    return images
 
 
 def jsonable(value: Any) -> Any:
