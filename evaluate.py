@@ -123,7 +123,7 @@ class EvalConfig:
         default=None,
         metadata={"help": "JPEG-compress LR' at this quality (0-100) before upscaling."},
     )
-    tile: str | None = cli.tile_field()
+    tile: str = cli.tile_field()  # None (not given) is not "none" (untiled on purpose)
     tile_overlap: int = cli.tile_overlap_field()
     memory_budget: float = cli.memory_budget_field()
     max_megapixels: float = cli.max_megapixels_field()

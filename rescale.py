@@ -73,7 +73,7 @@ class DownscaleConfig:
     scale: int | None = field(
         default=None, metadata={"help": "Must match the checkpoint's scale if given."}
     )
-    tile: str | None = cli.tile_field()
+    tile: str = cli.tile_field()  # None (not given) is not "none" (untiled on purpose)
     tile_overlap: int = cli.tile_overlap_field()
     memory_budget: float = cli.memory_budget_field()
     max_megapixels: float = cli.max_megapixels_field()

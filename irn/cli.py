@@ -81,7 +81,8 @@ __all__ = [
 _TILE_HELP = (
     "HR tile size in pixels (a multiple of the scale; upscaling uses LR tiles of N/scale), "
     "'auto' (the largest tile fitting --memory-budget) or 'none' (whole image at once). Tiles "
-    "are processed one at a time and stitched."
+    "are processed one at a time and stitched. Not given: the whole image at once, or 'auto' "
+    "when that is estimated to exceed --memory-budget."
 )
 _Z_HELP = (
     "Latent z of the upscaling: 'sample' (z ~ N(0, temperature^2)) or 'zero' (z = 0, the 'mean' "
@@ -99,7 +100,8 @@ def _help(default: Any, text: str) -> Any:
 
 
 def tile_field() -> Any:
-    """The ``--tile`` field (checked by :func:`check_tile_fields`)."""
+    """The ``--tile`` field (checked by :func:`check_tile_fields`); annotate it ``str`` so that
+    an explicit ``none`` stays the string (untiled on purpose) and ``None`` means not given."""
     return _help(None, _TILE_HELP)
 
 

@@ -470,3 +470,94 @@ def test_resuming_at_or_past_iters_does_nothing(tmp_path, data, capsys):
     result = _train(tmp_path, data, "--iters", "1", "--resume", "auto")
     assert "Nothing to do" in capsys.readouterr().out and result["step"] == 2
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*")} == before
+
+
+def test_glow_resume_refuses_a_new_lr_and_does_nothing_past_the_epochs(tmp_path, capsys):
+    glow = ["--steps", "1", "--hidden", "16", "--num-samples", "4", "--no-fd"]
+    glow += ["--no-tensorboard", "--out", str(tmp_path), "--epochs", "1"]
+    train_glow.main(glow)
+    last = tmp_path / "last.pt"
+    before = last.read_bytes()
+    with pytest.raises(SystemExit, match="--lr 0.01"):
+        train_glow.main([*glow, "--resume", "auto", "--lr", "0.01"])
+    capsys.readouterr()
+    result = train_glow.main([*glow, "--resume", "auto"])
+    assert result["nothing_to_do"] and "Nothing to do" in capsys.readouterr().err
+    assert last.read_bytes() == before
+    _poison(last)
+    for periodic in tmp_path.glob("ckpt_*.pt"):
+        periodic.unlink()
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        train_glow.main([*glow, "--epochs", "2", "--resume", str(last)])
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate.py end to end: tiny images, automatic tiling, pixel limit, allocation failure
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def irn_ckpt(tmp_path_factory) -> Path:
+    from common.checkpoint import make_checkpoint
+    from irn.model import IRN, IRNConfig
+
+    torch.manual_seed(0)
+    model = IRN(IRNConfig(scale=4, blocks_per_level=1, gc=4))
+    config = {"seed": 10, "model": __import__("dataclasses").asdict(model.config)}
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_x4.pt"
+    save_checkpoint(path, make_checkpoint(model=model, config=config, step=1, include_rng=False))
+    return path
+
+
+def _evaluate(argv, capsys):
+    import evaluate
+
+    code = evaluate.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_evaluate_skips_an_image_too_small_for_the_lr_metrics(irn_ckpt, tmp_path, capsys):
+    save_image(tmp_path / "d" / "small.png", smooth_image(29, 37, 1))
+    save_image(tmp_path / "d" / "ok.png", smooth_image(48, 48, 2))
+    code, text = _evaluate(["--checkpoint", irn_ckpt, "--data", tmp_path / "d", "--draws", "1"],
+                           capsys)  # fmt: skip
+    assert code == 0 and "skipping small.png" in text and "11 LR pixels" in text
+
+
+def test_evaluate_tiles_by_itself_above_the_memory_budget(irn_ckpt, tmp_path, capsys):
+    save_image(tmp_path / "d" / "ok.png", smooth_image(96, 96, 2))
+    base = ["--checkpoint", irn_ckpt, "--data", tmp_path / "d", "--draws", "1"]
+    code, text = _evaluate([*base, "--memory-budget", "0.0005"], capsys)
+    assert code == 0 and "tiling automatically" in text and "tiles of" in text
+    code, text = _evaluate([*base, "--memory-budget", "0.0005", "--tile", "none"], capsys)
+    assert code == 0 and "--tile none: it may run out of memory" in text
+
+
+def test_evaluate_refuses_a_huge_image_from_its_header(irn_ckpt, tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    _png_claiming(tmp_path / "d" / "bomb.png", 15000, 15000)
+    with pytest.raises(SystemExit) as info:
+        _evaluate(["--checkpoint", irn_ckpt, "--data", tmp_path / "d"], capsys)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "bomb.png" in err and "15000x15000" in err and "--max-megapixels" in err
+
+
+def test_evaluate_turns_an_allocation_failure_into_one_line(
+    irn_ckpt, tmp_path, capsys, monkeypatch
+):
+    import evaluate
+
+    def oom(*args, **kwargs):
+        raise RuntimeError(
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 9e10"
+        )
+
+    monkeypatch.setattr(evaluate, "_evaluate_irn", oom)
+    save_image(tmp_path / "d" / "ok.png", smooth_image(48, 48, 2))
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(["--checkpoint", str(irn_ckpt), "--data", str(tmp_path / "d")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "ok.png: out of memory" in err and "--tile auto" in err and "Traceback" not in err
