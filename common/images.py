@@ -110,13 +110,44 @@ def _check_float_range(img: np.ndarray, path: Path) -> None:
         )
 
 
-_ORIENTED: list[str] = []  # files whose EXIF orientation was applied (the note is said once)
+_ORIENTED: list[str] = []  # the first file whose EXIF orientation was applied (said once)
+
+
+def _png_has_chunk(raw: memoryview, kind: bytes) -> bool:
+    """Whether a PNG holds a chunk of type ``kind`` (walks the chunk headers, not the data)."""
+    pos, end = 8, len(raw)
+    while pos + 8 <= end:
+        length = int.from_bytes(raw[pos : pos + 4], "big")
+        chunk = raw[pos + 4 : pos + 8].tobytes()
+        if chunk == kind:
+            return True
+        if chunk == b"IEND":
+            return False
+        pos += 12 + length
+    return False
+
+
+def _may_have_exif(data: bytes | np.ndarray) -> bool:
+    """A cheap test on the encoded bytes, so files without EXIF (most PNGs) are not parsed a
+    second time: JPEG's ``Exif`` APP1 segment sits at the start, a PNG's ``eXIf`` or a WEBP's
+    ``EXIF`` chunk anywhere, and a TIFF is EXIF-structured itself."""
+    raw = memoryview(data).cast("B")
+    head = raw[:16].tobytes()
+    if head.startswith(b"\xff\xd8"):
+        return b"Exif\x00\x00" in raw[: 1 << 16].tobytes()
+    if head.startswith(b"\x89PNG"):
+        return _png_has_chunk(raw, b"eXIf")
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return b"EXIF" in raw.tobytes()
+    return head[:4] in (b"II*\x00", b"MM\x00*")
 
 
 def exif_orientation(data: bytes | np.ndarray) -> int:
     """The EXIF orientation tag (1-8; 1 = as stored) of an encoded image, 1 without one."""
     from PIL import Image
 
+    if not _may_have_exif(data):
+        return 1
     try:
         with Image.open(io.BytesIO(bytes(data))) as im:
             value = int(im.getexif().get(0x0112, 1))
@@ -142,12 +173,12 @@ def apply_orientation(img: np.ndarray, orientation: int, path: PathLike = "") ->
         8: lambda a: np.rot90(a, 1),
     }[orientation](img)
     if not _ORIENTED:
+        _ORIENTED.append(str(path))
         print(
             f"note: applying the EXIF orientation of {path} (tag {orientation}) and of every "
             "other image that has one, as photo viewers show them",
             file=sys.stderr,
         )
-    _ORIENTED.append(str(path))
     return np.ascontiguousarray(turned)
 
 
