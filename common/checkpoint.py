@@ -112,7 +112,7 @@ def _describe(err: BaseException, limit: int = 200) -> str:
     # weights_only refusals bury the informative part after "WeightsUnpickler error:".
     text = text.split("WeightsUnpickler error:", 1)[-1]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    line = lines[0] if lines else ""
+    line = lines[0].split(". ")[0] if lines else ""  # the first sentence: what went wrong
     line = line if len(line) <= limit else line[:limit] + "..."
     return f"{type(err).__name__}: {line}" if line else type(err).__name__
 

@@ -26,6 +26,7 @@ import torch
 
 from common.checkpoint import (
     CheckpointError,
+    check_finite_state,
     make_checkpoint,
     nonfinite_entries,
     restore_checkpoint,
@@ -99,7 +100,8 @@ def refuse_nonfinite_weights(state: TrainState) -> None:
 def restore_state(state: TrainState, ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_state` into ``state`` (weights, optimiser,
     schedule, scaler, guard, step, random state); return its ``extra`` for the script's own
-    data."""
+    data. A checkpoint whose weights or optimiser state hold NaN or inf is refused."""
+    check_finite_state(ckpt, f"--resume {path}")
     state.step = restore_checkpoint(
         ckpt,
         model=state.model,
