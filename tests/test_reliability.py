@@ -561,3 +561,21 @@ def test_evaluate_turns_an_allocation_failure_into_one_line(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "ok.png: out of memory" in err and "--tile auto" in err and "Traceback" not in err
+
+
+def test_a_run_ending_with_non_finite_weights_exits_non_zero_and_saves_nothing(
+    tmp_path, data, monkeypatch
+):
+    original = irn_training.backward_and_step
+
+    def poisoning(total, model, optimizer, scaler, cfg):
+        norm = original(total, model, optimizer, scaler, cfg)
+        with torch.no_grad():
+            next(irn_training.unwrap(model).parameters()).view(-1)[0] = float("nan")
+        return norm
+
+    monkeypatch.setattr(irn_training, "backward_and_step", poisoning)
+    with pytest.raises(SystemExit) as info:
+        _train(tmp_path, data, "--iters", "1")
+    assert "non-finite weights" in str(info.value) and info.value.code != 0
+    assert not (tmp_path / "run" / "last.pt").exists()
