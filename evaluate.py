@@ -48,7 +48,7 @@ import torch
 import rescale
 from common.config import ConfigError, config_to_dict, configclass, parse_config_with_args
 from common.runtime import ProgressLogger
-from irn import cli, eval_io
+from irn import cli, eval_io, limits
 from irn.data import NamedImage
 from irn.evaluation import HR_KEYS, LR_KEYS, bicubic_baseline, evaluate_rescaling, mean_metrics
 from irn.figures import save_outputs
@@ -123,9 +123,10 @@ class EvalConfig:
         default=None,
         metadata={"help": "JPEG-compress LR' at this quality (0-100) before upscaling."},
     )
-    tile: str | None = cli.tile_field()
+    tile: str = cli.tile_field()  # None (not given) is not "none" (untiled on purpose)
     tile_overlap: int = cli.tile_overlap_field()
     memory_budget: float = cli.memory_budget_field()
+    max_megapixels: float = cli.max_megapixels_field()
     json: Path | None = cli.json_field()
     save_images: Path | None = field(
         default=None,
@@ -214,18 +215,31 @@ def format_table(
 # ---------------------------------------------------------------------------------------------
 
 
-def min_side(scale: int) -> int:
-    """Smallest modcropped side the metrics accept: 11 SSIM pixels after the border crop."""
-    side = 11 + 2 * scale
-    return side + (-side) % scale
+def min_side(scale: int, lr_metrics: bool = True) -> int:
+    """Smallest modcropped side every metric computed accepts (:func:`irn.limits.min_side`)."""
+    return limits.min_side(scale, lr_metrics)
 
 
-def too_small(scale: int, hr: np.ndarray) -> str | None:
+def too_small(scale: int, hr: np.ndarray, lr_metrics: bool = True) -> str | None:
     """Why an HR image cannot be evaluated at ``scale``, or None."""
-    h0, w0 = hr.shape[:2]
-    if min(h0 - h0 % scale, w0 - w0 % scale) < min_side(scale):
-        return f"{w0}x{h0} is too small for x{scale} (needs {min_side(scale)}px)"
-    return None
+    return limits.too_small(scale, hr.shape[:2], lr_metrics)
+
+
+def lr_metrics(cfg: EvalConfig) -> bool:
+    """Whether LR' metrics are computed (IRN with its own LR')."""
+    return cfg.method == "irn" and cfg.lr_source == "irn"
+
+
+def check_outputs(parser: argparse.ArgumentParser, cfg: EvalConfig, datasets) -> None:
+    """``--json`` and ``--save-images`` checked before any work (:func:`eval_io.check_outputs`)
+    and images above ``--max-megapixels`` refused from their headers."""
+    others = [cfg.checkpoint, cfg.z_from]
+    images = eval_io.check_outputs(parser, cfg.json, cfg.save_images, datasets, others)
+    try:
+        for path in images + ([] if cfg.z_from is None else [cfg.z_from]):
+            limits.check_pixels(path, "--data", cfg.max_megapixels)
+    except ValueError as err:
+        cli.fail(parser, str(err))
 
 
 def _lr_size_mismatch(
@@ -367,10 +381,24 @@ def evaluate_one(
     tile = cli.resolve_tile(parser, cfg, scale, hw, run.gc)
     if tile is not None:
         bar.write(f"{name}: {cli.tile_note(tile, hw, scale, cfg.tile_overlap)}")
-    hint = cli.memory_hint(tile, hw, cfg.memory_budget, run.gc)
+    hint = cli.memory_hint(tile, hw, cfg.memory_budget, run.gc, cfg.tile)
     if hint:
         bar.write(f"{name}: {hint}")
-    row = evaluate_rescaling(
+    try:
+        row = _evaluate_irn(run, hr, bar, name, tile)
+    except (RuntimeError, MemoryError) as err:
+        if not limits.is_allocation_failure(err):
+            raise
+        bar.close()
+        cli.fail(parser, limits.allocation_message(err, name))
+    row["tile"] = tile
+    return row
+
+
+def _evaluate_irn(run: EvalRun, hr: np.ndarray, bar: ProgressLogger, name: str, tile) -> dict:
+    """:func:`irn.evaluation.evaluate_rescaling` with the run's settings."""
+    cfg = run.cfg
+    return evaluate_rescaling(
         run.model,
         hr,
         draws=cfg.draws,
@@ -386,8 +414,6 @@ def evaluate_one(
         z=None if run.latent is None else run.latent.z,
         lr_source=cfg.lr_source,
     )
-    row["tile"] = tile
-    return row
 
 
 def evaluate_image(
@@ -496,12 +522,13 @@ def evaluate_main(argv: Sequence[str]) -> int:
     cfg, _ = parse_config_with_args(EvalConfig, argv, parser)
     started, out = time.perf_counter(), sys.stdout
     datasets = eval_io.load_datasets(parser, cfg.data, out)
+    check_outputs(parser, cfg, datasets)
     run = prepare(parser, cfg, datasets)
     print_header(run, out)
     results = eval_io.run_datasets(
         parser,
         datasets,
-        functools.partial(too_small, run.scale),
+        functools.partial(too_small, run.scale, lr_metrics=lr_metrics(cfg)),
         functools.partial(evaluate_image, parser, run),
         dataset_mean,
         postfix="psnr_y",

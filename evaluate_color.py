@@ -204,10 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     cfg, _ = parse_config_with_args(ColorEvalConfig, argv, parser)
     started, out = time.perf_counter(), sys.stdout
+    datasets = eval_io.load_datasets(parser, cfg.data, out)
+    eval_io.check_outputs(parser, cfg.json, cfg.save_images, datasets, [cfg.checkpoint])
     device = cli.setup_device(parser, cfg)
     model, info = load_color_model(parser, cfg, device)
     run = ColorRun(cfg, model, info, device)
-    datasets = eval_io.load_datasets(parser, cfg.data, out)
     _print_header(run, out)
     results = eval_io.run_datasets(
         parser,

@@ -46,11 +46,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from common.atomic import atomic_write_bytes, remove_stale_temps
 from common.config import ConfigError, configclass, parse_config_with_args
-from common.images import IMAGE_EXTENSIONS, ImageReadError, list_images, load_image, save_image
+from common.images import IMAGE_EXTENSIONS, list_images, load_image, save_image
 from common.metrics import quantize_to_uint8
-from irn import cli
-from irn.eval_io import atomic_write_bytes
+from common.outputs import OutputError, check_dir, check_file, check_not_input, clean_stale_temps
+from irn import cli, limits
 from irn.tiling import downscale_tiled, pad_to_multiple, sample_z, upscale_tiled
 
 SIZE_KEY = "irn:original-size"
@@ -72,9 +73,10 @@ class DownscaleConfig:
     scale: int | None = field(
         default=None, metadata={"help": "Must match the checkpoint's scale if given."}
     )
-    tile: str | None = cli.tile_field()
+    tile: str = cli.tile_field()  # None (not given) is not "none" (untiled on purpose)
     tile_overlap: int = cli.tile_overlap_field()
     memory_budget: float = cli.memory_budget_field()
+    max_megapixels: float = cli.max_megapixels_field()
     device: str = cli.device_field()
     amp: bool = cli.amp_field()
     threads: int | None = cli.threads_field()
@@ -178,10 +180,14 @@ class Rescaler:
         return int(self.model.scale)
 
 
-def _read_input(path: Path) -> np.ndarray:
+def _read_input(path: Path, max_megapixels: float) -> np.ndarray:
+    try:
+        limits.check_pixels(path, "input", max_megapixels)
+    except ValueError as err:
+        raise FileError(str(err)) from None
     try:
         return load_image(path)
-    except ImageReadError as err:
+    except ValueError as err:  # ImageReadError is a ValueError
         raise FileError(f"input: {err}") from None
 
 
@@ -189,7 +195,7 @@ def _tile_for(run: Rescaler, hw: tuple[int, int]) -> int | None:
     """The HR tile of an image of size ``hw``; prints a hint when untiled needs much memory."""
     gc = run.model.config.gc
     tile = cli.resolve_tile(run.parser, run.cfg, run.scale, hw, gc)
-    hint = cli.memory_hint(tile, hw, run.cfg.memory_budget, gc)
+    hint = cli.memory_hint(tile, hw, run.cfg.memory_budget, gc, run.cfg.tile)
     if hint:
         print(hint)
     return tile
@@ -198,7 +204,7 @@ def _tile_for(run: Rescaler, hw: tuple[int, int]) -> int | None:
 def downscale_file(run: Rescaler, src: Path, dst: Path) -> str:
     """``src`` -> reflect-padded to a multiple of the scale -> LR = Quant(f(HR)[:, :3]) ->
     ``dst`` (8-bit PNG with the original size); returns the line that reports it."""
-    image = _read_input(src)
+    image = _read_input(src, run.cfg.max_megapixels)
     s, cfg, start = run.scale, run.cfg, time.perf_counter()
     padded, (h, w) = pad_to_multiple(image, s)
     if padded is not image:
@@ -269,7 +275,7 @@ def _upscale_latent(run: Rescaler, src: Path, lr: torch.Tensor) -> tuple[torch.T
 def upscale_file(run: Rescaler, src: Path, dst: Path) -> str:
     """``src`` (an 8-bit LR) -> HR' = f^-1(LR, z), cropped to the original size -> ``dst``;
     returns the line that reports it."""
-    image = _read_input(src)
+    image = _read_input(src, run.cfg.max_megapixels)
     s, cfg, start = run.scale, run.cfg, time.perf_counter()
     lr_hw = (int(image.shape[0]), int(image.shape[1]))
     stored, stored_scale = read_png_size(src)
@@ -303,10 +309,13 @@ def rescale_file(run: Rescaler, command: str, src: Path, dst: Path) -> str:
     rescale = downscale_file if command == "down" else upscale_file
     try:
         return rescale(run, src, dst)
-    except (OSError, MemoryError, torch.OutOfMemoryError) as err:
+    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        if not limits.is_allocation_failure(err):
+            raise
+        raise FileError(limits.allocation_message(err, str(src))) from None
+    except OSError as err:
         text = str(err).strip().splitlines()
-        hint = "" if isinstance(err, OSError) else " (--tile auto bounds the memory)"
-        raise FileError(f"{src}: {text[0] if text else type(err).__name__}{hint}") from None
+        raise FileError(f"{src}: {text[0] if text else type(err).__name__}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,6 +358,28 @@ def list_jobs(
         kinds = ", ".join(IMAGE_EXTENSIONS)
         cli.fail(parser, f"output {dst}: not an image file name; use one of {kinds}")
     return [(src, dst)], False
+
+
+def check_outputs(
+    parser: argparse.ArgumentParser, jobs: Sequence[tuple[Path, Path]], folder: Path | None, cfg
+) -> None:
+    """Every output checked before the model is loaded (:mod:`common.outputs`): writable, not
+    below a file, not a folder, and never one of the inputs (also through another path); then
+    the temporary files a killed run left there are removed."""
+    inputs = [p for p in (cfg.checkpoint, getattr(cfg, "z_from", None)) if p is not None]
+    try:
+        if folder is not None:
+            check_dir(folder, "output")
+        for src, dst in jobs:
+            check_not_input(dst, "output", [src, *inputs])
+        if folder is None:
+            check_file(jobs[0][1], "output", IMAGE_EXTENSIONS, [jobs[0][0], *inputs])
+    except OutputError as err:
+        cli.fail(parser, str(err))
+    if folder is not None and folder.is_dir():
+        remove_stale_temps(folder, recursive=True)
+    elif folder is None:
+        clean_stale_temps([jobs[0][1].parent])
 
 
 def run_jobs(run: Rescaler, command: str, jobs: Sequence[tuple[Path, Path]], folder: bool) -> int:
@@ -419,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cls = DownscaleConfig if command == "down" else UpscaleConfig
     cfg, ns = parse_config_with_args(cls, args[1:], parser)
     jobs, folder = list_jobs(parser, command, ns.input, ns.output)
+    check_outputs(parser, jobs, ns.output if folder else None, cfg)
     device = cli.setup_device(parser, cfg)
     model, info = cli.load_rescaling_model(parser, cfg, device)
     cli.check_tile_scale(parser, cfg, int(model.scale))

@@ -20,6 +20,7 @@ by ``python train_glow.py --help``.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,8 @@ from common.config import (
     configclass,
     dataclass_from_args,
 )
+from common.outputs import check_run_outputs
+from common.resume import nothing_to_do, reconcile_resume_flags
 from common.runtime import (
     NonFiniteGuard,
     ProgressLogger,
@@ -54,7 +57,14 @@ from common.runtime import (
     resolve_device,
     seed_everything,
 )
-from common.training import TrainState, interrupted_message, restore_state, run_steps, save_state
+from common.training import (
+    TrainState,
+    interrupted_message,
+    refuse_nonfinite_weights,
+    restore_state,
+    run_steps,
+    save_state,
+)
 from glow.data import (
     IMAGE_SHAPE,
     NUM_DIMS,
@@ -146,8 +156,8 @@ class TrainGlowConfig:
         for name in ("init_batch", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
-        if not self.lr > 0:
-            raise ConfigError(f"must be > 0, got {self.lr}", field="lr")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"must be > 0 and finite, got {self.lr}", field="lr")
         if self.adam not in ("fused", "foreach", "forloop"):
             raise ConfigError(
                 f"must be fused, foreach or forloop, got {self.adam!r}", field="adam"
@@ -328,6 +338,9 @@ def restore_run(run: GlowRun, resume: Path) -> None:
             f"{stored_batch}; resume with the same batch size (got {cfg.batch_size})"
         )
     restore_state(run, ckpt, resume)
+    run.cfg, lines = reconcile_resume_flags(cfg, ckpt["config"], str(resume), locked=("lr",))
+    for line in lines:
+        _say(line)
     run.epoch, run.batch = int(extra["epoch"]), int(extra["batch"])
     run.epoch_nll, run.epoch_count = float(extra["epoch_nll"]), int(extra["epoch_count"])
     run.train_time, run.samples = float(extra["train_time"]), int(extra["samples"])
@@ -476,9 +489,15 @@ def _train(
     cfg: TrainGlowConfig,
     step_callback: Callable[[int, float], None] | None,
 ) -> dict[str, Any]:
+    check_run_outputs(cfg.out, None, cfg.tensorboard)
     run = build_run(model_cfg, cfg)
     run.step_callback = step_callback
     resumed = restore_or_init(run) is not None
+    cfg = run.cfg
+    total = cfg.epochs * run.per_epoch
+    if run.step >= total:
+        _say(nothing_to_do(f"the resumed checkpoint ({run.out_dir})", run.step, total, "--epochs"))
+        return {"step": run.step, "epoch": run.epoch, "interrupted": False, "nothing_to_do": True}
     prepare_logs(run, resumed)
     run.progress = ProgressLogger(
         cfg.epochs * run.per_epoch, initial=run.step, desc="Glow", log_every=cfg.log_every
@@ -491,6 +510,7 @@ def _train(
         run.tb.close()
         raise SystemExit(f"train_glow.py: training stopped: {err}") from None
     run.progress.close()
+    refuse_nonfinite_weights(run)
     result: dict[str, Any] = {
         "step": run.step,
         "epoch": run.epoch,

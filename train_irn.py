@@ -126,6 +126,11 @@ def parse_args(argv: list[str] | None) -> tuple[IRNConfig, IRNTrainConfig]:
             f"--in-channels {model_cfg.in_channels}: train_irn.py trains on RGB images; only 3 "
             "is supported"
         )
+    if train_cfg.patch_size < 2 * model_cfg.scale:
+        parser.error(
+            f"--patch-size {train_cfg.patch_size} is too small for --scale {model_cfg.scale}: "
+            f"the LR patch needs at least 2 pixels a side (--patch-size >= {2 * model_cfg.scale})"
+        )
     if train_cfg.patch_size % model_cfg.scale:
         parser.error(
             f"--patch-size {train_cfg.patch_size} must be a multiple of --scale {model_cfg.scale}"

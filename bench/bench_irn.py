@@ -59,6 +59,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import train_irn  # noqa: E402
+from common.atomic import atomic_write_json  # noqa: E402
 from common.runtime import make_grad_scaler, resolve_device  # noqa: E402
 from common.subnets import DenseBlock, set_dense_block_options  # noqa: E402
 from irn import training as irn_training  # noqa: E402
@@ -408,8 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "table": text,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     return result
 

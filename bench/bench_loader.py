@@ -21,7 +21,6 @@ delivers samples than the step consumes them (> 1: the loader keeps up). ``--jso
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common.atomic import atomic_write_json  # noqa: E402
 from common.images import save_image  # noqa: E402
 from irn.data import (  # noqa: E402
     PatchDataset,
@@ -157,8 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "rows": rows}  # fmt: skip
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
     return result
 
 

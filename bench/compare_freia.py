@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import math
 import statistics
 import sys
@@ -60,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common.atomic import atomic_write_json  # noqa: E402
 from glow.data import (  # noqa: E402
     NUM_DIMS,
     evaluate_bits_per_dim,
@@ -416,8 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(path, payload)
 
 
 def main(argv: list[str] | None = None) -> dict:

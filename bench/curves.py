@@ -25,6 +25,8 @@ import math
 import sys
 from pathlib import Path
 
+from common.atomic import atomic_save_pil
+
 __all__ = ["read_curve", "summarise", "plot_curves", "main"]
 
 PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#e377c2", "#7f7f7f"]
@@ -187,8 +189,7 @@ def plot_curves(
             d.line([xa, y, xa + 30, y], fill=color, width=width)
         d.text((xa + 38, y), label, fill="black", font=font, anchor="lm")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    atomic_save_pil(path, img)
     return path
 
 

@@ -42,6 +42,7 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from common.atomic import atomic_save_pil  # noqa: E402
 from common.images import load_image  # noqa: E402
 from common.metrics import image_metrics, modcrop, quantize_to_uint8  # noqa: E402
 from irn.checkpoints import load_irn  # noqa: E402
@@ -226,8 +227,7 @@ def main(argv: list[str] | None = None) -> Figure:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(fig.image).save(out)
+    atomic_save_pil(out, Image.fromarray(fig.image))
     m = fig.metrics
     print(
         f"{out}: {name} x{m['scale']}, {args.checkpoint} ({info['kind']}, step {step}): "

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_glow  # noqa: E402
 import train_irn  # noqa: E402
 import train_irn_color  # noqa: E402
+from common.atomic import atomic_write_json
 
 COMMON = ["--iters", "20", "--batch-size", "4", "--patch-size", "32", "--val-every", "1000",
           "--save-every", "1000", "--no-tensorboard", "--seed", "3", "--threads", "1"]  # fmt: skip
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare is not None and not args.compare.is_file():
         parser.error(f"--compare {args.compare}: no such file")
     now = record()
-    args.out.write_text(json.dumps(now, indent=1) + "\n")
+    atomic_write_json(args.out, now, indent=1)
     if args.compare is None:
         return 0
     lines = compare(now, json.loads(args.compare.read_text()))

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from common.atomic import atomic_write_json, atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (training flags, extra evaluation flags, what it is)
@@ -155,12 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{p.get('lr_psnr_y', float('nan')):.2f} | JPEG90 HR' Y {j['psnr_y']:.2f}",
             flush=True,
         )
-    (args.out / "variants.json").write_text(
-        json.dumps({"settings": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=2)
-        + "\n"
-    )
+    settings = vars(args) | {"out": str(args.out)}
+    atomic_write_json(args.out / "variants.json", {"settings": settings, "rows": rows})
     table = markdown_table(rows)
-    (args.out / "variants.md").write_text(table)
+    atomic_write_text(args.out / "variants.md", table)
     print(table)
     return 0
 

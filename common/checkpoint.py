@@ -35,7 +35,6 @@ import dataclasses
 import os
 import random
 import re
-import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -45,24 +44,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.atomic import atomic_torch_save
 from common.config import config_to_dict
 
 __all__ = [
     "BEST_NAME",
     "CheckpointError",
     "LAST_NAME",
+    "check_finite_state",
     "checkpoint_path",
     "find_latest_checkpoint",
+    "is_unsafe_pickle",
     "list_checkpoints",
     "load_checkpoint",
     "load_weights_strict",
     "make_checkpoint",
+    "nonfinite_entries",
     "prune_checkpoints",
     "resolve_resume",
     "restore_checkpoint",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "unreadable_message",
     "unwrap_model",
 ]
 
@@ -86,45 +90,17 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename on POSIX; directories cannot be opened this way on Windows."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically and return the path.
 
-    The data goes to a hidden temporary file in the same directory, is flushed and fsynced, and
-    only then renamed over ``path`` with ``os.replace``. An exception or interruption at any
-    point leaves the previous file under ``path`` untouched and removes the temporary file (a
-    hard kill can leave a ``.<name>.*.tmp`` file behind, never a partial ``path``). Parent
-    directories are created as needed.
+    The data goes to a temporary file in the same directory (:func:`common.atomic.atomic_write`),
+    is flushed and fsynced, and only then renamed over ``path`` with ``os.replace``. An
+    exception or interruption at any point leaves the previous file under ``path`` untouched and
+    removes the temporary file (a hard kill can leave a ``.<name>.*.irn-tmp`` file behind, never
+    a partial ``path``; :func:`common.atomic.remove_stale_temps` removes it at the next start).
+    Parent directories are created as needed.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask apply as usual.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_torch_save(path, dict(state))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -136,9 +112,66 @@ def _describe(err: BaseException, limit: int = 200) -> str:
     # weights_only refusals bury the informative part after "WeightsUnpickler error:".
     text = text.split("WeightsUnpickler error:", 1)[-1]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    line = lines[0] if lines else ""
+    line = lines[0].split(". ")[0] if lines else ""  # the first sentence: what went wrong
     line = line if len(line) <= limit else line[:limit] + "..."
     return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def is_unsafe_pickle(err: BaseException) -> bool:
+    """Whether a ``torch.load(..., weights_only=True)`` failure is a refused pickled object."""
+    text = str(err)
+    return "Unsupported global" in text or _GLOBAL.search(text) is not None
+
+
+def unreadable_message(path: PathLike, err: BaseException) -> str:
+    """One line for a ``torch.load(..., weights_only=True)`` failure: a refused pickle is named
+    as such (without torch's advice to turn safe loading off), anything else as unreadable."""
+    text = _ANSI.sub("", str(err))
+    if is_unsafe_pickle(err):
+        found = _GLOBAL.search(text)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"checkpoint {path} holds pickled objects that safe loading refuses{what}; not "
+            f"loaded (expected {_EXPECTED})"
+        )
+    return (
+        f"cannot read checkpoint {path}: {_describe(err)} (the file may be truncated or "
+        f"corrupt; expected {_EXPECTED})"
+    )
+
+
+def nonfinite_entries(value: Any, where: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested state (dicts, lists) holding NaN or inf
+    (a model or optimiser ``state_dict``, a whole checkpoint)."""
+    if isinstance(value, torch.Tensor):
+        finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+        return [] if finite else [where or "tensor"]
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return []
+    found: list[str] = []
+    for key, item in items:
+        found += nonfinite_entries(item, f"{where}.{key}" if where else str(key))
+    return found
+
+
+def check_finite_state(ckpt: Mapping[str, Any], source: str) -> None:
+    """:class:`CheckpointError` when the weights or the optimiser state of ``ckpt`` hold NaN or
+    inf (resuming from it would only continue a diverged run)."""
+    for key, what in (("model", "weights"), ("optimizer", "optimiser state")):
+        bad = nonfinite_entries(ckpt.get(key))
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise CheckpointError(
+                f"{source}: {what} hold NaN or inf ({', '.join(bad[:3])}{more}); refusing "
+                "to resume from it (the run had diverged: resume from an earlier checkpoint)"
+            )
 
 
 def load_checkpoint(
@@ -161,13 +194,7 @@ def load_checkpoint(
     try:
         data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for bad files; report one kind
-        if "Unsupported global" in str(err):
-            hint = "it holds objects that weights_only=True refuses to unpickle"
-        else:
-            hint = "the file may be truncated or corrupt"
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {_describe(err)} (expected {_EXPECTED}; {hint})"
-        ) from None
+        raise CheckpointError(unreadable_message(path, err)) from None
     if not isinstance(data, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(data).__name__}, expected a dict ({_EXPECTED})"
@@ -377,6 +404,8 @@ def restore_checkpoint(
         ckpt = load_checkpoint(checkpoint, map_location=map_location)
         source = f"checkpoint {checkpoint}"
 
+    check_finite_state(ckpt, source)
+
     def need(key: str) -> Any:
         value = ckpt.get(key)
         if value is None:
@@ -466,28 +495,40 @@ def list_checkpoints(out_dir: PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def find_latest_checkpoint(out_dir: PathLike) -> Path | None:
-    """The checkpoint with the highest step among ``ckpt_<step>.pt`` and ``last.pt``.
-
-    The step of a periodic checkpoint comes from its name; ``last.pt`` is peeked at (memory
-    mapped, tensors are not read) and wins ties. An unreadable ``last.pt`` is skipped with a
-    warning. ``best.pt`` is never chosen. Returns ``None`` if there is nothing to resume from.
-    """
-    candidates = list_checkpoints(out_dir)
-    best: tuple[int, int, Path] | None = None
-    if candidates:
-        step, path = candidates[-1]
-        best = (step, 0, path)
+def _candidates(out_dir: PathLike) -> list[tuple[int, int, Path]]:
+    """``(step, is_last, path)`` of the periodic checkpoints and ``last.pt``, newest first
+    (``last.pt`` wins ties); an unreadable ``last.pt`` is skipped with a warning."""
+    found = [(step, 0, path) for step, path in list_checkpoints(out_dir)]
     last = Path(out_dir) / LAST_NAME
     if last.is_file():
         try:
             step = int(load_checkpoint(last, required_keys=("step",), mmap=True)["step"])
         except (CheckpointError, TypeError, ValueError) as err:
-            warnings.warn(f"ignoring {last}: {err}", stacklevel=2)
+            warnings.warn(f"--resume auto: ignoring {last}: {err}", stacklevel=3)
         else:
-            if best is None or (step, 1) > best[:2]:
-                best = (step, 1, last)
-    return None if best is None else best[2]
+            found.append((step, 1, last))
+    return sorted(found, reverse=True)
+
+
+def find_latest_checkpoint(out_dir: PathLike) -> Path | None:
+    """The newest usable checkpoint among ``ckpt_<step>.pt`` and ``last.pt`` (``--resume
+    auto``).
+
+    Candidates are tried newest first (the step of a periodic checkpoint comes from its name,
+    ``last.pt`` is peeked at and wins ties); one that cannot be read (truncated by a kill, not
+    a checkpoint) or whose weights or optimiser state hold NaN or inf is skipped with a warning
+    naming it, and the next older one is tried. ``best.pt`` is never chosen. Returns ``None``
+    if nothing usable is left.
+    """
+    for _, _, path in _candidates(out_dir):
+        try:
+            ckpt = load_checkpoint(path, required_keys=("step",))
+            check_finite_state(ckpt, f"checkpoint {path}")
+        except CheckpointError as err:
+            warnings.warn(f"--resume auto: skipping {err}; trying an older one", stacklevel=2)
+            continue
+        return path
+    return None
 
 
 def prune_checkpoints(out_dir: PathLike, keep: int) -> list[Path]:

@@ -8,8 +8,9 @@ converted BGR -> RGB here; writing converts back. Loaded images are float32 ``[H
 
 from __future__ import annotations
 
+import io
 import os
-import uuid
+import sys
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,12 +19,16 @@ import cv2
 import numpy as np
 import torch
 
+from common.atomic import atomic_write_bytes
 from common.metrics import quantize_to_uint8
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "apply_orientation",
     "decode_image",
+    "exif_orientation",
+    "oriented_size",
     "to_float01",
     "load_image",
     "load_image_tensor",
@@ -75,6 +80,9 @@ def decode_image(path: PathLike) -> np.ndarray:
         raise ImageReadError(
             f"'{path}' has unsupported sample type {img.dtype}; expected {_EXPECTED}"
         )
+    if img.dtype == np.float32:
+        _check_float_range(img, path)
+    img = apply_orientation(img, exif_orientation(data), path)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 2:
@@ -87,6 +95,101 @@ def decode_image(path: PathLike) -> np.ndarray:
     if channels == 2:  # gray + alpha
         return np.repeat(img[:, :, :1], 3, axis=2)
     return np.ascontiguousarray(img[:, :, 2::-1])  # BGR(A) -> RGB
+
+
+def _check_float_range(img: np.ndarray, path: Path) -> None:
+    """A float image must hold values in [0, 1] (the project's convention): a float TIFF of
+    radiance or of 0..255 values would otherwise give a wrong LR without a word."""
+    if not np.isfinite(img).all():
+        raise ImageReadError(f"'{path}' is a float image holding NaN or inf; expected [0, 1]")
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ImageReadError(
+            f"'{path}' is a float image with values in [{lo:.4g}, {hi:.4g}], outside [0, 1]; "
+            "rescale it to [0, 1] (or save it as 8/16-bit) first"
+        )
+
+
+_ORIENTED: list[str] = []  # the first file whose EXIF orientation was applied (said once)
+
+
+def _png_has_chunk(raw: memoryview, kind: bytes) -> bool:
+    """Whether a PNG holds a chunk of type ``kind`` (walks the chunk headers, not the data)."""
+    pos, end = 8, len(raw)
+    while pos + 8 <= end:
+        length = int.from_bytes(raw[pos : pos + 4], "big")
+        chunk = raw[pos + 4 : pos + 8].tobytes()
+        if chunk == kind:
+            return True
+        if chunk == b"IEND":
+            return False
+        pos += 12 + length
+    return False
+
+
+def _may_have_exif(data: bytes | np.ndarray) -> bool:
+    """A cheap test on the encoded bytes, so files without EXIF (most PNGs) are not parsed a
+    second time: JPEG's ``Exif`` APP1 segment sits at the start, a PNG's ``eXIf`` or a WEBP's
+    ``EXIF`` chunk anywhere, and a TIFF is EXIF-structured itself."""
+    raw = memoryview(data).cast("B")
+    head = raw[:16].tobytes()
+    if head.startswith(b"\xff\xd8"):
+        return b"Exif\x00\x00" in raw[: 1 << 16].tobytes()
+    if head.startswith(b"\x89PNG"):
+        return _png_has_chunk(raw, b"eXIf")
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return b"EXIF" in raw.tobytes()
+    return head[:4] in (b"II*\x00", b"MM\x00*")
+
+
+def exif_orientation(data: bytes | np.ndarray) -> int:
+    """The EXIF orientation tag (1-8; 1 = as stored) of an encoded image, 1 without one."""
+    from PIL import Image
+
+    if not _may_have_exif(data):
+        return 1
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # no EXIF, or a format PIL does not read: as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int, path: PathLike = "") -> np.ndarray:
+    """``img`` (HWC or HW) turned as EXIF ``orientation`` says a viewer shows it (the
+    transforms of the EXIF 2.3 standard, as PIL's ``ImageOps.exif_transpose``); the first time
+    in a process a note says so, naming the file."""
+    if orientation == 1:
+        return img
+    swap = (1, 0, 2) if img.ndim == 3 else (1, 0)
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(swap),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.transpose(swap)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }[orientation](img)
+    if not _ORIENTED:
+        _ORIENTED.append(str(path))
+        print(
+            f"note: applying the EXIF orientation of {path} (tag {orientation}) and of every "
+            "other image that has one, as photo viewers show them",
+            file=sys.stderr,
+        )
+    return np.ascontiguousarray(turned)
+
+
+def oriented_size(path: PathLike, hw: tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of the header's ``hw`` after the file's EXIF orientation."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return hw
+    return (hw[1], hw[0]) if exif_orientation(head) in (5, 6, 7, 8) else hw
 
 
 def to_float01(img: np.ndarray) -> np.ndarray:
@@ -185,19 +288,7 @@ def save_image(path: PathLike, img: np.ndarray | torch.Tensor, quality: int = 95
     path = Path(path)
     quality = _check_quality(quality)
     data = _encode(_rgb_to_bgr(_to_uint8_hwc(img)), path.suffix, quality)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # os.open with 0o666 so the final file gets the usual umask-derived permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     return path
 
 

@@ -26,7 +26,9 @@ import torch
 
 from common.checkpoint import (
     CheckpointError,
+    check_finite_state,
     make_checkpoint,
+    nonfinite_entries,
     restore_checkpoint,
     save_checkpoint,
 )
@@ -75,15 +77,31 @@ def save_state(
         extra={**extra, "guard": state.guard.state_dict()},
     )
     saved = save_checkpoint(path, ckpt)
-    if good:
+    if good and not nonfinite_entries(ckpt["model"]):
         state.guard.note_checkpoint(saved)
     return saved
+
+
+def refuse_nonfinite_weights(state: TrainState) -> None:
+    """``SystemExit`` (non-zero, nothing saved) when the weights at the end of a run hold NaN
+    or inf, naming the last good checkpoint; a run must not end "successfully" with them."""
+    bad = nonfinite_entries(state.model.state_dict())
+    if not bad:
+        return
+    good = state.guard.last_checkpoint
+    where = f"; the last good checkpoint is {good}" if good else ""
+    raise SystemExit(
+        f"error: training ended with non-finite weights (NaN or inf in {', '.join(bad[:3])}"
+        f"{', ...' if len(bad) > 3 else ''}) at iteration {state.step}; nothing saved{where}. "
+        "Lower --lr or check the data."
+    )
 
 
 def restore_state(state: TrainState, ckpt: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_state` into ``state`` (weights, optimiser,
     schedule, scaler, guard, step, random state); return its ``extra`` for the script's own
-    data."""
+    data. A checkpoint whose weights or optimiser state hold NaN or inf is refused."""
+    check_finite_state(ckpt, f"--resume {path}")
     state.step = restore_checkpoint(
         ckpt,
         model=state.model,

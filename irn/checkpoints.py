@@ -28,7 +28,13 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import CheckpointError, load_checkpoint, load_weights_strict
+from common.checkpoint import (
+    CheckpointError,
+    is_unsafe_pickle,
+    load_checkpoint,
+    load_weights_strict,
+    unreadable_message,
+)
 from common.config import ConfigError, config_from_dict
 from common.haar import HaarDownsampling, haar_kernel
 from irn.color import IRNColor, IRNColorConfig
@@ -234,6 +240,8 @@ def _read(source: Any, map_location: Any) -> tuple[Mapping[str, Any], str]:
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:  # unpickling errors come in many types
+            if is_unsafe_pickle(err):
+                raise ValueError(unreadable_message(path, err)) from None
             first = (str(err).strip().splitlines() or [""])[0][:200]
             raise ValueError(
                 f"{name}: cannot be read as a PyTorch checkpoint with "

@@ -29,6 +29,7 @@ from common.images import ImageReadError, load_image
 from common.metrics import modcrop
 from common.runtime import resolve_device, set_num_threads
 from irn.checkpoints import is_color_checkpoint, load_irn
+from irn.limits import DEFAULT_MAX_MEGAPIXELS
 from irn.tiling import (
     BYTES_PER_PIXEL,
     DEFAULT_OVERLAP,
@@ -53,6 +54,7 @@ __all__ = [
     "json_field",
     "load_rescaling_model",
     "memory_budget_field",
+    "max_megapixels_field",
     "memory_hint",
     "parse_size",
     "print_tile_progress",
@@ -65,6 +67,7 @@ __all__ = [
     "tile_overlap_field",
     "tile_note",
     "tile_progress",
+    "untiled_gb",
     "z_field",
     "z_from_field",
     "z_from_mismatch",
@@ -78,7 +81,8 @@ __all__ = [
 _TILE_HELP = (
     "HR tile size in pixels (a multiple of the scale; upscaling uses LR tiles of N/scale), "
     "'auto' (the largest tile fitting --memory-budget) or 'none' (whole image at once). Tiles "
-    "are processed one at a time and stitched."
+    "are processed one at a time and stitched. Not given: the whole image at once, or 'auto' "
+    "when that is estimated to exceed --memory-budget."
 )
 _Z_HELP = (
     "Latent z of the upscaling: 'sample' (z ~ N(0, temperature^2)) or 'zero' (z = 0, the 'mean' "
@@ -96,7 +100,8 @@ def _help(default: Any, text: str) -> Any:
 
 
 def tile_field() -> Any:
-    """The ``--tile`` field (checked by :func:`check_tile_fields`)."""
+    """The ``--tile`` field (checked by :func:`check_tile_fields`); annotate it ``str`` so that
+    an explicit ``none`` stays the string (untiled on purpose) and ``None`` means not given."""
     return _help(None, _TILE_HELP)
 
 
@@ -161,6 +166,15 @@ def data_field(what: str) -> Any:
     )
 
 
+def max_megapixels_field() -> Any:
+    """The ``--max-megapixels`` field (images larger than this are refused from the header)."""
+    return _help(
+        DEFAULT_MAX_MEGAPIXELS,
+        "Refuse input images that decode to more than this many million pixels (read from the "
+        "file header, before decoding).",
+    )
+
+
 def json_field() -> Any:
     """The ``--json`` field of the evaluation report."""
     return _help(None, "Write per-image and mean metrics with the exact settings here.")
@@ -212,8 +226,11 @@ def check_tile_fields(cfg: Any) -> None:
         raise ConfigError(str(err), field="tile") from None
     if cfg.tile_overlap < 0:
         raise ConfigError(f"must be >= 0, got {cfg.tile_overlap}", field="tile_overlap")
-    if not cfg.memory_budget > 0:
+    if not (cfg.memory_budget > 0 and math.isfinite(cfg.memory_budget)):
         raise ConfigError(f"must be > 0 GB, got {cfg.memory_budget}", field="memory_budget")
+    limit = getattr(cfg, "max_megapixels", 1.0)
+    if not (limit > 0 and math.isfinite(limit)):
+        raise ConfigError(f"must be > 0, got {limit}", field="max_megapixels")
     check_threads(cfg)
 
 
@@ -302,7 +319,7 @@ def resolve_tile(
     """The HR tile for an image of size ``hw`` (None: untiled); ``--tile auto`` picks the
     largest tile that fits ``--memory-budget`` (:func:`irn.tiling.choose_tile`)."""
     tile = parse_tile(cfg.tile)
-    if tile == "auto":
+    if tile == "auto" or (cfg.tile is None and untiled_gb(hw, gc) > cfg.memory_budget):
         tile = choose_tile(cfg.memory_budget, scale, cfg.tile_overlap, hw, gc=gc)
     elif tile is not None and tile % scale:
         fail(parser, f"--tile {tile} must be a multiple of the scale {scale}")
@@ -311,14 +328,24 @@ def resolve_tile(
     return tile
 
 
-def memory_hint(tile: int | None, hw: tuple[int, int], budget: float, gc: int) -> str | None:
-    """A suggestion to tile when the untiled network would exceed the memory budget."""
-    need = hw[0] * hw[1] * BYTES_PER_PIXEL * gc / 32 / 1e9
-    if tile is None and need > budget:
-        return (
-            f"note: {hw[1]}x{hw[0]} untiled needs about {need:.1f} GB for the network "
-            f"(> --memory-budget {budget:g}); use --tile auto to bound it"
-        )
+def untiled_gb(hw: tuple[int, int], gc: int) -> float:
+    """Estimated GB the network needs for an ``hw`` HR image in one piece."""
+    return hw[0] * hw[1] * BYTES_PER_PIXEL * gc / 32 / 1e9
+
+
+def memory_hint(
+    tile: int | None, hw: tuple[int, int], budget: float, gc: int, requested: str | None = "none"
+) -> str | None:
+    """What to say when the untiled network would exceed ``--memory-budget``: tiling switched
+    on by itself (``--tile`` not given, ``requested`` None) or a warning (``--tile none``)."""
+    need = untiled_gb(hw, gc)
+    if need <= budget:
+        return None
+    what = f"{hw[1]}x{hw[0]} untiled needs about {need:.1f} GB (> --memory-budget {budget:g})"
+    if requested is None and tile is not None:
+        return f"note: {what}: tiling automatically ({tile}px tiles; --tile none forces untiled)"
+    if tile is None:
+        return f"note: {what}; --tile none: it may run out of memory (--tile auto bounds it)"
     return None
 
 

@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common.images import ImageReadError, decode_image, list_images, to_float01
+from common.images import (
+    ImageReadError,
+    decode_image,
+    list_images,
+    oriented_size,
+    to_float01,
+)
 from common.imresize import imresize
 from common.metrics import modcrop
 
@@ -113,12 +119,14 @@ def _image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` from the file header, without decoding the pixels."""
     from PIL import Image
 
+    from irn.limits import pil_unbounded
+
     try:
-        with Image.open(path) as im:
+        with pil_unbounded(), Image.open(path) as im:  # size limit: irn.limits
             w, h = im.size
     except Exception as err:  # PIL raises many kinds; all mean "not an image we can read"
         raise ImageReadError(f"{path}: cannot read the image header ({err})") from None
-    return int(h), int(w)
+    return oriented_size(path, (int(h), int(w)))  # as decode_image turns it
 
 
 def load_folder(root: str | Path, what: str = "--data", decode: bool = False) -> list[NamedImage]:

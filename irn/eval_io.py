@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,9 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from common.atomic import atomic_write_bytes, remove_stale_temps
 from common.images import ImageReadError
+from common.outputs import OutputError, check_dir, check_file, clean_stale_temps
 from common.runtime import ProgressLogger
 from irn.cli import fail
 from irn.data import SAMPLE_VAL, NamedImage, load_folder, sample_photos
@@ -34,6 +34,7 @@ __all__ = [
     "Column",
     "Dataset",
     "atomic_write_bytes",
+    "check_outputs",
     "checkpoint_settings",
     "dataset_tables",
     "find_dataset",
@@ -235,22 +236,29 @@ def safe_name(name: str) -> str:
     return "/".join(p for p in parts if p) or "image"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path`` and move it into place
-    (``os.replace``): a reader never sees a partial file. Parent folders are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+def check_outputs(
+    parser: argparse.ArgumentParser,
+    json_path: Path | None,
+    save_images: Path | None,
+    datasets: Sequence[Dataset],
+    other_inputs: Sequence[Path | None] = (),
+) -> list[Path]:
+    """``--json`` and ``--save-images`` checked before any work (:mod:`common.outputs`: wrong
+    kind, below a file, unwritable, extension, the report being an input file); the temporary
+    files a killed run left there are removed. Returns the input image paths."""
+    images = [i.path for d in datasets for i in d.images if i.path is not None]
+    inputs = images + [p for p in other_inputs if p is not None]
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        if json_path is not None:
+            check_file(json_path, "--json", (".json",), inputs)
+        if save_images is not None:
+            check_dir(save_images, "--save-images")
+    except OutputError as err:
+        fail(parser, str(err))
+    clean_stale_temps([None if json_path is None else json_path.parent])
+    if save_images is not None and save_images.is_dir():
+        remove_stale_temps(save_images, recursive=True)
+    return images
 
 
 def jsonable(value: Any) -> Any:

@@ -50,6 +50,8 @@ from common.config import (
     config_to_text,
     configclass,
 )
+from common.outputs import check_run_outputs
+from common.resume import nothing_to_do, reconcile_resume_flags
 from common.runtime import (
     NonFiniteGuard,
     ProgressLogger,
@@ -65,6 +67,7 @@ from common.training import (
     interrupted_message,
     mean_over_processes,
     on_rank0,
+    refuse_nonfinite_weights,
     restore_state,
     run_steps,
     save_state,
@@ -81,6 +84,7 @@ from irn.data import (
     memory_bytes,
     sample_photos,
 )
+from irn.limits import usable_validation_images
 from irn.losses import LOSS_KINDS
 
 LossKind = Literal["l1", "l2", "charbonnier"]
@@ -90,8 +94,9 @@ assert set(LossKind.__args__) == set(LOSS_KINDS)  # type: ignore[attr-defined]
 def _positive(cfg: Any, names: tuple[str, ...], strict: bool) -> None:
     for name in names:
         value = getattr(cfg, name)
-        if not (value > 0 if strict else value >= 1):
-            raise ConfigError(f"must be {'> 0' if strict else '>= 1'}, got {value}", field=name)
+        if not (value > 0 and math.isfinite(value) if strict else value >= 1):
+            want = "> 0 and finite" if strict else ">= 1"
+            raise ConfigError(f"must be {want}, got {value}", field=name)
 
 
 @configclass
@@ -293,6 +298,8 @@ class TrainConfig:
             raise ConfigError("must be >= 1 (or omitted: off)", field="loss_flip_period")
         if self.workers is not None and self.workers < 0:
             raise ConfigError("must be >= 0", field="workers")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"must be >= 1 (or omitted), got {self.threads}", field="threads")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,9 +715,11 @@ def build_run(
         z_gen=torch.Generator(device=device).manual_seed(cfg.seed),
         jpeg_gen=np.random.default_rng([cfg.seed, 3, 0]),
         train_items=train_items,
-        val_pairs=task.validation_pairs(val_items, task.scale) if val_items else [],
+        val_pairs=[],
     )
     say(run, note)
+    val_items = usable_validation_images(val_items, task.scale, run.main_process)
+    run.val_pairs = task.validation_pairs(val_items, task.scale) if val_items else []
     return run
 
 
@@ -748,6 +757,9 @@ def restore_run(run: IRNRun, path: Path, ckpt: dict) -> None:
             f"{run.model_cfg}; pass the same model flags"
         )
     extra = restore_state(run, ckpt, path)
+    run.cfg, lines = reconcile_resume_flags(run.cfg, ckpt["config"], str(path))
+    for line in lines:
+        say(run, line)
     run.best = float(extra.get(f"best_{run.task.best_key}", -math.inf))
     if "z_gen" in extra:
         state = extra["z_gen"]
@@ -843,8 +855,14 @@ def train(
     """A whole training run of ``task``; returns its summary (history, validation, model)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if rank == 0:
+        check_run_outputs(Path(cfg.out or task.default_out), cfg.logdir, cfg.tensorboard)
     run = build_run(task, model_cfg, cfg, rank, world, device)
     restore_or_init(run)
+    cfg = run.cfg  # a resume takes the checkpoint's optimiser settings
+    if run.step >= cfg.iters:
+        say(run, nothing_to_do(f"the resumed checkpoint ({run.out_dir})", run.step, cfg.iters))
+        return run_summary(run, False)
     loader = prepare_loop(run)
     run.progress = ProgressLogger(
         cfg.iters, initial=run.step, desc=task.title, log_every=cfg.log_every,
@@ -860,6 +878,7 @@ def train(
         run.tb.close()
         raise SystemExit(f"Training stopped: {err}") from None
     run.progress.close()
+    refuse_nonfinite_weights(run)
     save_run(run, run.out_dir / LAST_NAME, "interrupted" if interrupted else "last")
     run.tb.flush()
     run.tb.close()
@@ -869,6 +888,11 @@ def train(
     elif run.val_history:
         for line in task.summary(run):
             say(run, line)
+    return run_summary(run, interrupted)
+
+
+def run_summary(run: IRNRun, interrupted: bool) -> dict[str, Any]:
+    """What :func:`train` returns: the history, validation and the model."""
     return {
         "step": run.step,
         "interrupted": interrupted,
@@ -876,7 +900,7 @@ def train(
         "val": run.val_history,
         "bicubic": run.baseline,
         "out": str(run.out_dir),
-        "rank": rank,
-        "world_size": world,
+        "rank": run.rank,
+        "world_size": run.world,
         "model": run.model,
     }
