@@ -464,8 +464,9 @@ def test_optimiser_flags_on_resume_are_refused_or_taken_from_the_checkpoint(
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == 1e-4
 
 
-def test_resuming_at_or_past_iters_does_nothing(tmp_path, data, capsys):
+def test_resuming_at_or_past_iters_does_nothing(tmp_path, data, capsys, monkeypatch):
     _train(tmp_path, data, "--iters", "2")
+    monkeypatch.setattr(irn_training, "load_data", _no_data)  # decided before reading data
     run = tmp_path / "run"
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*")}
     result = _train(tmp_path, data, "--iters", "1", "--resume", "auto")
