@@ -741,6 +741,15 @@ def _read_resume(cfg: TrainConfig, out_dir: Path) -> tuple[str | None, dict | No
     return (None, None) if resume is None else (str(resume), load_checkpoint(resume))
 
 
+def _resume_step(cfg: TrainConfig, out_dir: Path) -> tuple[str, int] | None:
+    """``(checkpoint, its step)`` that ``--resume`` would continue from (its step read from a
+    memory map, the tensors not loaded), or ``None`` for a fresh start."""
+    path = resolve_resume(cfg.resume, out_dir) if cfg.resume else None
+    if path is None:
+        return None
+    return str(path), int(load_checkpoint(path, required_keys=("step",), mmap=True)["step"])
+
+
 def restore_run(run: IRNRun, path: Path, ckpt: dict) -> None:
     """Continue the run in ``ckpt``: refuses another task or model, then restores the state,
     the best score, the generators and the guard."""
@@ -857,6 +866,12 @@ def train(
         torch.set_num_threads(cfg.threads)
     if rank == 0:
         check_run_outputs(Path(cfg.out or task.default_out), cfg.logdir, cfg.tensorboard)
+    done = on_rank0(functools.partial(_resume_step, cfg, Path(cfg.out or task.default_out)),
+                    world, rank)  # fmt: skip
+    if done is not None and done[1] >= cfg.iters:  # before the data is read
+        if rank == 0:
+            print(nothing_to_do(done[0], done[1], cfg.iters), flush=True)
+        return {"step": done[1], "interrupted": False, "nothing_to_do": True, "rank": rank}
     run = build_run(task, model_cfg, cfg, rank, world, device)
     restore_or_init(run)
     cfg = run.cfg  # a resume takes the checkpoint's optimiser settings

@@ -94,14 +94,15 @@ def test_kill_9_mid_write_leaves_no_partial_file_and_the_next_start_removes_the_
     target = tmp_path / "run" / "last.pt"
     code = textwrap.dedent(
         f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from common.atomic import atomic_write
+        import importlib.util, os, signal
+        spec = importlib.util.spec_from_file_location("atomic", {str(atomic.__file__)!r})
+        writer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(writer)  # alone: no torch import, a quick subprocess
         def write(f):
             f.write(b"x" * 100000)
             f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        atomic_write({str(target)!r}, write)
+        writer.atomic_write({str(target)!r}, write)
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], timeout=60)
@@ -463,8 +464,9 @@ def test_optimiser_flags_on_resume_are_refused_or_taken_from_the_checkpoint(
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == 1e-4
 
 
-def test_resuming_at_or_past_iters_does_nothing(tmp_path, data, capsys):
+def test_resuming_at_or_past_iters_does_nothing(tmp_path, data, capsys, monkeypatch):
     _train(tmp_path, data, "--iters", "2")
+    monkeypatch.setattr(irn_training, "load_data", _no_data)  # decided before reading data
     run = tmp_path / "run"
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*")}
     result = _train(tmp_path, data, "--iters", "1", "--resume", "auto")
