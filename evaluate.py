@@ -72,6 +72,7 @@ _NOT_FOR_BICUBIC = {
     "lr_source": "irn",
     "tile": None,
     "amp": False,
+    "amp_dtype": "auto",
 }
 
 
@@ -139,6 +140,7 @@ class EvalConfig:
     )
     device: str = cli.device_field()
     amp: bool = cli.amp_field()
+    amp_dtype: Literal["auto", "bf16", "fp16"] = cli.amp_dtype_field()
     threads: int | None = cli.threads_field()
 
     def __post_init__(self) -> None:
@@ -309,7 +311,8 @@ def print_header(run: EvalRun, out: IO[str]) -> None:
     if cfg.jpeg_quality is not None:
         lr_name = "the bicubic LR" if cfg.lr_source == "bicubic" else "LR'"
         what += f"; {lr_name} JPEG-compressed at quality {cfg.jpeg_quality}"
-    print(f"{what}; device {run.device}{', amp' if cfg.amp else ''}", file=out)
+    amp = cli.amp_of(cfg, run.device)
+    print(f"{what}; device {run.device}{f', amp {amp}' if amp else ''}", file=out)
     lr_metrics = (
         "no LR' metrics (the upscaled LR is the bicubic LR itself)"
         if cfg.lr_source == "bicubic"
@@ -377,7 +380,7 @@ def evaluate_one(
         temperature=cfg.temperature,
         seed=cfg.seed,
         device=run.device,
-        amp=cfg.amp,
+        amp=cli.amp_of(cfg, run.device),
         jpeg_quality=cfg.jpeg_quality,
         return_images=cfg.save_images is not None,
         tile=tile,
