@@ -312,7 +312,10 @@ def print_header(run: EvalRun, out: IO[str]) -> None:
         lr_name = "the bicubic LR" if cfg.lr_source == "bicubic" else "LR'"
         what += f"; {lr_name} JPEG-compressed at quality {cfg.jpeg_quality}"
     amp = cli.amp_of(cfg, run.device)
-    print(f"{what}; device {run.device}{f', amp {amp}' if amp else ''}", file=out)
+    amp_note = (
+        f", amp {str(amp).replace('torch.float16', 'fp16').replace('torch.bfloat16', 'bf16')}"
+    )
+    print(f"{what}; device {run.device}{amp_note if amp else ''}", file=out)
     lr_metrics = (
         "no LR' metrics (the upscaled LR is the bicubic LR itself)"
         if cfg.lr_source == "bicubic"

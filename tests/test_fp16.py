@@ -236,3 +236,26 @@ def test_memory_saving_and_micro_batch_give_the_same_fp16_update(
         for k in ("total", "guide", "recon", "distr"):
             assert rel(a[k], b[k]) <= 5e-5, (k, a[k], b[k])
         assert rel(a["grad_norm"], b["grad_norm"]) <= 2e-4
+
+
+def test_evaluate_and_rescale_run_the_fp16_path(fp16_run, tmp_path, val_dir, capsys):
+    """``--amp --amp-dtype fp16`` in evaluate.py and rescale.py: said in the output, and the
+    8-bit LR of fp16 downscaling is the float32 one within one level."""
+    import evaluate
+    import rescale
+    from common.images import load_image
+
+    ckpt = fp16_run[0]["out"] + "/last.pt"
+    capsys.readouterr()
+    argv = ["--checkpoint", ckpt, "--data", str(val_dir), "--draws", "1", "--threads", "1"]
+    assert evaluate.main([*argv, "--amp", "--amp-dtype", "fp16"]) in (0, None)
+    assert "device cpu, amp fp16" in capsys.readouterr().out
+    lrs = {}
+    for name, extra in (("f32", []), ("fp16", ["--amp", "--amp-dtype", "fp16"])):
+        dst = tmp_path / name
+        assert rescale.main(["down", str(val_dir), str(dst), "--checkpoint", ckpt, *extra]) == 0
+        lrs[name] = {p.name: load_image(p).astype(int) for p in sorted(dst.glob("*.png"))}
+    assert "Precision: fp16 autocast on cpu" in capsys.readouterr().out
+    assert lrs["f32"].keys() == lrs["fp16"].keys() and lrs["f32"]
+    for key, lr in lrs["f32"].items():
+        assert abs(lr - lrs["fp16"][key]).max() <= 1
