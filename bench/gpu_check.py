@@ -53,6 +53,8 @@ SECTIONS = ("environment", "tests", "bench_irn", "train_amp", "train_fp32", "eva
 BENCH_CONFIGS = "baseline,fp32,amp,memsave,amp+memsave,nchw,compile"
 QUICK_BENCH_CONFIGS = "fp32,amp+memsave"
 TINY_MODEL = ["--blocks-per-level", "1", "--gc", "4"]
+# Seconds a section may take before it is reported as timed out: 7.5 minutes in all at worst.
+CAPS = {"tests": 90, "bench_irn": 150, "train_amp": 75, "train_fp32": 75, "evaluate_4k": 60}
 
 
 @dataclass
@@ -168,7 +170,7 @@ def tests(check: Check) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select]
     cmd += ["--junitxml", str(xml), "tests/test_devices.py"]
     try:
-        run_command(check, cmd, timeout=120)
+        run_command(check, cmd, timeout=CAPS["tests"])
     finally:  # the counts, also when a test failed
         counts = junit_counts(xml)
     return {"selection": select, **counts}
@@ -200,7 +202,7 @@ def bench_irn(check: Check) -> dict[str, Any]:
            "--batch-size", str(s["batch"]), "--patch-size", str(s["patch"]), *s["bench_model"],
            "--amp-dtype", "fp16", "--warmup", "2", "--memory-steps", "1" if check.quick else "5",
            "--skip-speed", "--skip-flops", "--json", str(out), *threads_flag(check)]  # fmt: skip
-    run_command(check, cmd, timeout=200)
+    run_command(check, cmd, timeout=CAPS["bench_irn"])
     data = json.loads(out.read_text())
     rows = {}
     for name, mem in data["memory"].items():
@@ -234,7 +236,7 @@ def train(check: Check, amp: bool) -> dict[str, Any]:
         save_image(check.out / "val_tiny" / "v.png", synthetic_image((96, 128), seed=1))
         cmd += ["--val-data", str(check.out / "val_tiny")]
     start = time.perf_counter()
-    out, err = run_command(check, cmd, timeout=100)
+    out, err = run_command(check, cmd, timeout=CAPS[name])
     wall = time.perf_counter() - start
     text = out + err
     vals = _VAL.findall(text)
@@ -274,7 +276,7 @@ def evaluate_4k(check: Check) -> dict[str, Any]:
            "--checkpoint", str(ckpt), "--data", str(folder), "--tile", s["tile"],
            "--amp", "--amp-dtype", "fp16", "--draws", "1", "--device", check.device,
            "--json", str(check.out / "evaluate_4k.json"), *threads_flag(check)]  # fmt: skip
-    text, _ = run_command(check, cmd, timeout=90)
+    text, _ = run_command(check, cmd, timeout=CAPS["evaluate_4k"])
     worker = json.loads(text.strip().splitlines()[-1])
     return {"image": f"{s['image'][1]}x{s['image'][0]}", "tile": s["tile"], **worker}
 
