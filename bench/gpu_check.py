@@ -51,7 +51,7 @@ from common.images import save_image  # noqa: E402
 
 SECTIONS = ("environment", "tests", "bench_irn", "train_amp", "train_fp32", "evaluate_4k")
 BENCH_CONFIGS = "baseline,fp32,amp,memsave,amp+memsave,nchw,compile"
-QUICK_BENCH_CONFIGS = "fp32,amp+memsave"
+QUICK_BENCH_CONFIGS = "amp+memsave"
 TINY_MODEL = ["--blocks-per-level", "1", "--gc", "4"]
 # Seconds a section may take before it is reported as timed out: 7.5 minutes in all at worst.
 CAPS = {"tests": 90, "bench_irn": 150, "train_amp": 75, "train_fp32": 75, "evaluate_4k": 60}

@@ -817,7 +817,8 @@ def restore_or_init(run: IRNRun) -> None:
     path, ckpt = on_rank0(read, run.world, run.rank)
     if path is not None:
         restore_run(run, Path(path), ckpt)
-        say(run, f"Resumed from {path} at iteration {run.step}.")
+        scale = f", loss scale {run.scaler.get_scale():g}" if run.scaler.is_enabled() else ""
+        say(run, f"Resumed from {path} at iteration {run.step}{scale}.")
         if cfg.init_weights:
             say(
                 run,
