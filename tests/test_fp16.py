@@ -25,7 +25,13 @@ from tests_support import tiny_images
 import train_irn
 from common import training as common_training
 from common.config import config_from_dict
-from common.runtime import seed_everything
+from common.runtime import (
+    amp_setting,
+    describe_amp,
+    make_grad_scaler,
+    scaler_step,
+    seed_everything,
+)
 from common.utils import sum_except_batch
 from irn.losses import distribution_loss, pixel_loss
 from irn.model import IRN, IRNConfig
@@ -259,3 +265,28 @@ def test_evaluate_and_rescale_run_the_fp16_path(fp16_run, tmp_path, val_dir, cap
     assert lrs["f32"].keys() == lrs["fp16"].keys() and lrs["f32"]
     for key, lr in lrs["f32"].items():
         assert abs(lr - lrs["fp16"][key]).max() <= 1
+
+
+def test_amp_setting_scaler_and_skip_report():
+    assert amp_setting("cpu", False, "fp16") is None
+    assert (
+        amp_setting("cpu", True) == torch.bfloat16 and amp_setting("cuda", True) == torch.float16
+    )
+    assert amp_setting("cpu", True, "fp16") == torch.float16
+    assert amp_setting("cuda", True, "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="--amp-dtype"):
+        amp_setting("cpu", True, "fp8")
+    assert not make_grad_scaler("cpu", torch.bfloat16).is_enabled()
+    scaler = make_grad_scaler("cpu", torch.float16, init_scale=8.0)
+    assert scaler.is_enabled() and scaler.get_scale() == 8.0
+    assert "no gradient scaler" in describe_amp(
+        "cpu", torch.bfloat16, make_grad_scaler("cpu", True)
+    )
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.5)
+    scaler.scale((w * 2).sum()).backward()
+    assert scaler_step(scaler, opt) is False and torch.equal(w.detach(), torch.zeros(2))
+    opt.zero_grad()
+    scaler.scale((w * torch.tensor([1.0, math.inf])).sum()).backward()
+    assert scaler_step(scaler, opt) is True and torch.equal(w.detach(), torch.zeros(2))
+    assert scaler.get_scale() == 4.0  # halved
