@@ -290,3 +290,12 @@ def test_amp_setting_scaler_and_skip_report():
     scaler.scale((w * torch.tensor([1.0, math.inf])).sum()).backward()
     assert scaler_step(scaler, opt) is True and torch.equal(w.detach(), torch.zeros(2))
     assert scaler.get_scale() == 4.0  # halved
+
+
+def test_glow_refuses_a_reduced_precision_amp_dtype(capsys):
+    import train_glow
+
+    with pytest.raises(SystemExit) as err:
+        train_glow.main(["--amp-dtype", "fp16"])
+    assert err.value.code == 2
+    assert "--amp-dtype: fp16 refused: Glow trains in float32 only" in capsys.readouterr().err
