@@ -30,6 +30,12 @@ MODELS = {
 SHAPES = {"irn_x4": (2, 3, 16, 16), "irn_x3": (2, 3, 12, 12), "glow_multiscale": (2, 1, 8, 8)}
 
 
+def reduced_float32(device: torch.device) -> bool:
+    """float32 convolutions run in TF32 (a 10-bit mantissa, as fp16's) on CUDA unless turned
+    off: PyTorch allows it for cuDNN by default, and this project leaves that default."""
+    return device.type == "cuda" and torch.backends.cudnn.allow_tf32
+
+
 def built(name: str, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     model = perturb_(MODELS[name](), std=0.02, seed=1).to(device).eval()
@@ -52,7 +58,7 @@ def test_round_trip_and_logdet_are_float32_on_the_device(device, name, amp):
     assert x_rec.device.type == device.type and logdet.shape == (x.shape[0],)
     assert y.dtype == x_rec.dtype == logdet.dtype == logdet_inv.dtype == torch.float32
     assert torch.isfinite(logdet).all()
-    bound = 1e-5 if dtype is None else 5e-3
+    bound = 1e-5 if dtype is None and not reduced_float32(device) else 5e-3
     assert (x_rec - x).abs().max().item() <= bound
     assert ((logdet + logdet_inv).abs() <= 1e-4 * (1 + logdet.abs())).all()
 
@@ -78,11 +84,14 @@ def test_tiled_equals_untiled_on_the_device(device):
     hr = torch.nn.functional.interpolate(torch.rand(1, 3, 14, 17, generator=gen), size=(96, 120))
     lr_full = downscale_tiled(model, hr)
     lr_tiled = downscale_tiled(model, hr, 32, 16)
-    assert torch.equal(lr_tiled, lr_full)
+    if reduced_float32(device):  # tiles may take other cuDNN algorithms: one 8-bit level
+        assert (lr_tiled - lr_full).abs().max().item() <= 1 / 255 + 1e-6
+    else:
+        assert torch.equal(lr_tiled, lr_full)
     z = sample_z(model, lr_full.shape, 1.0, torch.Generator().manual_seed(0))
     hr_full = upscale_tiled(model, lr_full, z)
     hr_tiled = upscale_tiled(model, lr_full, z, 32, 16)
-    assert (hr_tiled - hr_full).abs().max().item() < 1e-5
+    assert (hr_tiled - hr_full).abs().max().item() < (5e-3 if reduced_float32(device) else 1e-5)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
