@@ -50,7 +50,8 @@ def val_dir(tmp_path_factory):
 
 def train(out, val_dir, *extra):
     argv = [*TINY, "--val-data", str(val_dir), "--iters", str(ITERS), "--val-every", "100"]
-    return train_irn.main([*argv, "--threads", "1", "--out", str(out), *extra])
+    # the CPU on every machine: these tests run the CUDA code path on the CPU
+    return train_irn.main([*argv, "--device", "cpu", "--threads", "1", "--out", str(out), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -253,13 +254,14 @@ def test_evaluate_and_rescale_run_the_fp16_path(fp16_run, tmp_path, val_dir, cap
 
     ckpt = fp16_run[0]["out"] + "/last.pt"
     capsys.readouterr()
-    argv = ["--checkpoint", ckpt, "--data", str(val_dir), "--draws", "1", "--threads", "1"]
+    argv = ["--checkpoint", ckpt, "--data", str(val_dir), "--draws", "1", "--device", "cpu"]
     assert evaluate.main([*argv, "--amp", "--amp-dtype", "fp16"]) in (0, None)
     assert "device cpu, amp fp16" in capsys.readouterr().out
     lrs = {}
     for name, extra in (("f32", []), ("fp16", ["--amp", "--amp-dtype", "fp16"])):
         dst = tmp_path / name
-        assert rescale.main(["down", str(val_dir), str(dst), "--checkpoint", ckpt, *extra]) == 0
+        argv = ["down", str(val_dir), str(dst), "--checkpoint", ckpt, "--device", "cpu", *extra]
+        assert rescale.main(argv) == 0
         lrs[name] = {p.name: load_image(p).astype(int) for p in sorted(dst.glob("*.png"))}
     assert "Precision: fp16 autocast on cpu" in capsys.readouterr().out
     assert lrs["f32"].keys() == lrs["fp16"].keys() and lrs["f32"]
