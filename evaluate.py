@@ -72,6 +72,7 @@ _NOT_FOR_BICUBIC = {
     "lr_source": "irn",
     "tile": None,
     "amp": False,
+    "amp_dtype": "auto",
 }
 
 
@@ -140,6 +141,7 @@ class EvalConfig:
     )
     device: str = cli.device_field()
     amp: bool = cli.amp_field()
+    amp_dtype: Literal["auto", "bf16", "fp16"] = cli.amp_dtype_field()
     threads: int | None = cli.threads_field()
 
     def __post_init__(self) -> None:
@@ -323,7 +325,11 @@ def print_header(run: EvalRun, out: IO[str]) -> None:
     if cfg.jpeg_quality is not None:
         lr_name = "the bicubic LR" if cfg.lr_source == "bicubic" else "LR'"
         what += f"; {lr_name} JPEG-compressed at quality {cfg.jpeg_quality}"
-    print(f"{what}; device {run.device}{', amp' if cfg.amp else ''}", file=out)
+    amp = cli.amp_of(cfg, run.device)
+    amp_note = (
+        f", amp {str(amp).replace('torch.float16', 'fp16').replace('torch.bfloat16', 'bf16')}"
+    )
+    print(f"{what}; device {run.device}{amp_note if amp else ''}", file=out)
     lr_metrics = (
         "no LR' metrics (the upscaled LR is the bicubic LR itself)"
         if cfg.lr_source == "bicubic"
@@ -405,7 +411,7 @@ def _evaluate_irn(run: EvalRun, hr: np.ndarray, bar: ProgressLogger, name: str, 
         temperature=cfg.temperature,
         seed=cfg.seed,
         device=run.device,
-        amp=cfg.amp,
+        amp=cli.amp_of(cfg, run.device),
         jpeg_quality=cfg.jpeg_quality,
         return_images=cfg.save_images is not None,
         tile=tile,

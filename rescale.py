@@ -51,6 +51,7 @@ from common.config import ConfigError, configclass, parse_config_with_args
 from common.images import IMAGE_EXTENSIONS, list_images, load_image, save_image
 from common.metrics import quantize_to_uint8
 from common.outputs import OutputError, check_dir, check_file, check_not_input, clean_stale_temps
+from common.runtime import describe_amp
 from irn import cli, limits
 from irn.tiling import downscale_tiled, pad_to_multiple, sample_z, upscale_tiled
 
@@ -79,6 +80,7 @@ class DownscaleConfig:
     max_megapixels: float = cli.max_megapixels_field()
     device: str = cli.device_field()
     amp: bool = cli.amp_field()
+    amp_dtype: Literal["auto", "bf16", "fp16"] = cli.amp_dtype_field()
     threads: int | None = cli.threads_field()
 
     def __post_init__(self) -> None:
@@ -215,7 +217,8 @@ def downscale_file(run: Rescaler, src: Path, dst: Path) -> str:
     hw = (int(padded.shape[0]), int(padded.shape[1]))
     tile = _tile_for(run, hw)
     x = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None]
-    lr = downscale_tiled(run.model, x, tile, cfg.tile_overlap, cfg.amp, cli.tile_progress("LR"))
+    amp = cli.amp_of(cfg, run.device)
+    lr = downscale_tiled(run.model, x, tile, cfg.tile_overlap, amp, cli.tile_progress("LR"))
     lr_u8 = quantize_to_uint8(lr[0]).permute(1, 2, 0).cpu().numpy()
     write_lr_png(dst, lr_u8, (h, w), s)
     return (
@@ -290,7 +293,14 @@ def upscale_file(run: Rescaler, src: Path, dst: Path) -> str:
     hw = (lr_hw[0] * s, lr_hw[1] * s)
     tile = _tile_for(run, hw)
     hr = upscale_tiled(
-        run.model, lr, z, tile, cfg.tile_overlap, cfg.amp, True, cli.tile_progress("HR")
+        run.model,
+        lr,
+        z,
+        tile,
+        cfg.tile_overlap,
+        cli.amp_of(cfg, run.device),
+        True,
+        cli.tile_progress("HR"),
     )
     hr_u8 = hr[0].permute(1, 2, 0).cpu().numpy()
     if target is not None and target != hw:
@@ -457,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     latent = None
     if command == "up" and cfg.z_from is not None:
         latent = cli.encode_z_from(parser, cfg, model, pad=True)
+    if cfg.amp:
+        print(describe_amp(device, cli.amp_of(cfg, device)), flush=True)
     return run_jobs(Rescaler(parser, cfg, model, info, device, latent), command, jobs, folder)
 
 

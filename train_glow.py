@@ -148,6 +148,13 @@ class TrainGlowConfig:
         default=10,
         metadata={"help": "Stop after this many consecutive steps with a non-finite loss."},
     )
+    amp_dtype: Literal["auto", "bf16", "fp16"] = field(
+        default="auto",
+        metadata={
+            "help": "Glow trains in float32 (it has no --amp; docs/gpu.md says why): only "
+            "'auto' is accepted, so a command line shared with the IRN scripts still parses."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "num_samples", "fd_samples", "log_every"):
@@ -173,6 +180,12 @@ class TrainGlowConfig:
             raise ConfigError(f"must be >= 1 or none, got {self.threads}", field="threads")
         if self.max_nonfinite < 1:
             raise ConfigError(f"must be >= 1, got {self.max_nonfinite}", field="max_nonfinite")
+        if self.amp_dtype != "auto":
+            raise ConfigError(
+                f"{self.amp_dtype} refused: Glow trains in float32 only (no --amp; its exact "
+                "log-likelihood and the 8x8 digits gain nothing from autocast)",
+                field="amp_dtype",
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,8 @@ Configurations (``--configs``, comma separated; each is ``+``-joined tokens):
   ratios to it **within one run**.
 * ``fp32``: this project's default eager float32 path (channels-last dense blocks, incrementally
   grown concatenations, fused Adam as ``irn.training.build_optimizer``).
-* ``amp``: autocast (bf16 on CPU, fp16 + gradient scaler on CUDA), as ``--amp``.
+* ``amp``: autocast as ``--amp`` with ``--amp-dtype`` (auto: bf16 on CPU, fp16 + gradient scaler
+  on CUDA; fp16: fp16 + gradient scaler on any device).
 * ``memsave``: memory-saving backprop, as ``--memory-saving``.
 * ``nchw``: channels-last off; ``compile``: ``torch.compile`` of every dense block.
   Tokens combine: ``amp+memsave``, ``baseline+amp`` (the authors' code under autocast), ...
@@ -60,7 +61,13 @@ if str(ROOT) not in sys.path:
 
 import train_irn  # noqa: E402
 from common.atomic import atomic_write_json  # noqa: E402
-from common.runtime import make_grad_scaler, resolve_device  # noqa: E402
+from common.runtime import (  # noqa: E402
+    AMP_DTYPES,
+    amp_setting,
+    describe_amp,
+    make_grad_scaler,
+    resolve_device,
+)
 from common.subnets import DenseBlock, set_dense_block_options  # noqa: E402
 from irn import training as irn_training  # noqa: E402
 from irn.model import IRN, IRNConfig  # noqa: E402
@@ -120,7 +127,9 @@ def build(args: argparse.Namespace, name: str, device: torch.device) -> dict[str
             betas=(cfg.beta1, cfg.beta2),
             weight_decay=cfg.weight_decay,
         )
-    scaler = make_grad_scaler(device, opts["amp"])
+    # callers with their own namespace (bench_loader.py) get the defaults
+    amp = amp_setting(device, opts["amp"], getattr(args, "amp_dtype", "auto"))
+    scaler = make_grad_scaler(device, amp, init_scale=getattr(args, "amp_init_scale", None))
     gen = torch.Generator().manual_seed(args.seed + 1)
     p, s = args.patch_size, args.scale
     hr = torch.rand(args.batch_size, 3, p, p, generator=gen).to(device)
@@ -130,16 +139,19 @@ def build(args: argparse.Namespace, name: str, device: torch.device) -> dict[str
 
     def step() -> float:
         noise = train_irn.sample_noise(model, hr, cfg, z_gen)
-        losses = train_irn.compute_losses(
-            model, hr, lr_ref, cfg, noise, lambda_guide, amp=opts["amp"]
-        )
+        losses = train_irn.compute_losses(model, hr, lr_ref, cfg, noise, lambda_guide, amp=amp)
         optimizer.zero_grad(set_to_none=True)
         irn_training.backward_and_step(losses["total"], model, optimizer, scaler, cfg)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return float(losses["total"].detach())
 
-    return {"model": model, "step": step, "opts": opts}
+    return {
+        "model": model,
+        "step": step,
+        "opts": opts,
+        "precision": describe_amp(device, amp, scaler),
+    }
 
 
 def count_flops(args: argparse.Namespace, name: str, device: torch.device) -> int:
@@ -204,6 +216,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "rss_before_step_mib": rss_before,
         "times": times,
         "step_s": statistics.median(times[args.warmup :]) if args.memory_steps else None,
+        "precision": built["precision"],
     }
     if device.type == "cuda":
         out["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -232,8 +245,10 @@ def _shared_argv(args: argparse.Namespace) -> list[str]:
         "--scale", str(args.scale), "--batch-size", str(args.batch_size),
         "--patch-size", str(args.patch_size), "--gc", str(args.gc),
         "--warmup", str(args.warmup), "--memory-steps", str(args.memory_steps),
-        "--seed", str(args.seed), "--device", args.device,
+        "--seed", str(args.seed), "--device", args.device, "--amp-dtype", args.amp_dtype,
     ]  # fmt: skip
+    if args.amp_init_scale is not None:
+        argv += ["--amp-init-scale", str(args.amp_init_scale)]
     if args.blocks is not None:
         argv += ["--blocks", str(args.blocks)]
     if args.threads:
@@ -315,6 +330,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
     p.add_argument("--seed", type=int, default=0, help="Seed of weights, data and z.")
     p.add_argument(
+        "--amp-dtype",
+        default="auto",
+        choices=AMP_DTYPES,
+        help="Autocast dtype of the amp configurations: auto = fp16 + gradient scaler on CUDA, "
+        "bf16 on CPU; fp16 = fp16 + gradient scaler on any device.",
+    )
+    p.add_argument(
+        "--amp-init-scale", type=float, default=None, help="First fp16 loss scale (none: 2**16)."
+    )
+    p.add_argument(
         "--checkpoint", default=None, help="Load weights (a train_irn checkpoint's 'model')."
     )
     p.add_argument("--json", type=Path, default=None, help="Write the results here.")
@@ -325,6 +350,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parse_config(name)
         except ValueError as err:
             p.error(f"--configs: {err}")
+    if args.amp_init_scale is not None and not args.amp_init_scale > 0:
+        p.error(f"--amp-init-scale must be > 0, got {args.amp_init_scale}")
     if args.patch_size % args.scale:
         p.error(f"--patch-size {args.patch_size} must be a multiple of --scale {args.scale}")
     return args
@@ -350,7 +377,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_start = _loadavg()
     print(
         f"IRN x{args.scale}, batch {args.batch_size}, patch {args.patch_size}, "
-        f"device {device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}; "
+        f"device {device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+        f"amp dtype {amp_setting(device, True, args.amp_dtype)}; "
         f"load average {load_start}",
         flush=True,
     )

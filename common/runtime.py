@@ -3,18 +3,18 @@
 One code path for CPU and CUDA, with and without AMP::
 
     device = resolve_device(cfg.device)
-    scaler = make_grad_scaler(device, cfg.amp)        # disabled unless CUDA + AMP
+    amp = amp_setting(device, cfg.amp, cfg.amp_dtype)  # None, bf16 or fp16
+    scaler = make_grad_scaler(device, amp)            # enabled for fp16 only
     guard = NonFiniteGuard(max_consecutive=cfg.max_nonfinite)
     with GracefulInterrupt() as stop, ProgressLogger(cfg.steps, initial=step) as progress:
         while step < cfg.steps and not stop.requested:
-            with autocast_context(device, cfg.amp):   # bf16 on CPU, fp16 on CUDA
+            with autocast_context(device, amp):       # no-op when amp is None
                 loss = compute_loss(...)
             if not guard.check(loss):
                 optimizer.zero_grad(set_to_none=True)
                 continue
             scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            skipped = scaler_step(scaler, optimizer)  # True: inf/NaN gradients, scale lowered
             ...
             guard.note_checkpoint(save_checkpoint(out_dir / "last.pt", state))
 """
@@ -44,13 +44,17 @@ __all__ = [
     "ProgressLogger",
     "TensorBoardLogger",
     "TrainingDiverged",
+    "AMP_DTYPES",
     "amp_dtype",
+    "amp_setting",
     "autocast_context",
+    "describe_amp",
     "get_rank",
     "get_world_size",
     "is_main_process",
     "make_grad_scaler",
     "resolve_device",
+    "scaler_step",
     "seed_everything",
     "set_num_threads",
 ]
@@ -145,33 +149,102 @@ def set_num_threads(num_threads: int | None) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+AMP_DTYPES = ("auto", "bf16", "fp16")
+_AMP_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
 def amp_dtype(device: torch.device | str) -> torch.dtype:
-    """The autocast dtype used for ``device``: bfloat16 on CPU, float16 on CUDA."""
+    """The ``--amp-dtype auto`` choice for ``device``: bfloat16 on CPU, float16 on CUDA."""
     return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
 
 
+def amp_setting(device: torch.device | str, amp: bool, dtype: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of a run: ``None`` without ``--amp``, else ``--amp-dtype`` resolved
+    (``auto``: fp16 on CUDA, bf16 on CPU; ``fp16`` on the CPU runs the CUDA code path, gradient
+    scaler included). An unknown name is a ``ValueError`` naming the flag."""
+    if dtype not in AMP_DTYPES:
+        raise ValueError(f"--amp-dtype: expected one of {', '.join(AMP_DTYPES)}, got {dtype!r}")
+    if not amp:
+        return None
+    if dtype == "auto":
+        return amp_dtype(device)
+    return torch.float16 if dtype == "fp16" else torch.bfloat16
+
+
+def describe_amp(
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> str:
+    """One line saying how a run computes: float32, or which autocast dtype, with or without a
+    gradient scaler (and its current scale)."""
+    where = torch.device(device).type
+    if dtype is None:
+        return f"Precision: float32 on {where} (no --amp)."
+    name = _AMP_NAMES.get(dtype, str(dtype))
+    text = f"Precision: {name} autocast on {where} (invertible arithmetic in float32)"
+    if scaler is not None and scaler.is_enabled():
+        text += f", gradient scaler from scale {scaler.get_scale():g}"
+        if where == "cpu":
+            text += " (the CUDA --amp code path, run on the CPU)"
+    elif scaler is not None:
+        text += ", no gradient scaler"
+    return text + "."
+
+
 def autocast_context(
-    device: torch.device | str, enabled: bool, dtype: torch.dtype | None = None
+    device: torch.device | str,
+    enabled: bool | torch.dtype | None,
+    dtype: torch.dtype | None = None,
 ) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``device`` (dtype :func:`amp_dtype` unless given), or a no-op
-    context when ``enabled`` is false."""
+    """``torch.autocast`` for ``device``, or a no-op context when ``enabled`` is false/None.
+
+    ``enabled`` may itself be the dtype (what :func:`amp_setting` returns); otherwise the
+    dtype is ``dtype``, or :func:`amp_dtype` of the device."""
     if not enabled:
         return contextlib.nullcontext()
+    if isinstance(enabled, torch.dtype):
+        dtype = enabled
     device = torch.device(device)
     return torch.autocast(device_type=device.type, dtype=dtype or amp_dtype(device))
 
 
-def make_grad_scaler(device: torch.device | str, enabled: bool) -> torch.amp.GradScaler:
+def make_grad_scaler(
+    device: torch.device | str,
+    enabled: bool | torch.dtype | None,
+    dtype: torch.dtype | None = None,
+    init_scale: float | None = None,
+) -> torch.amp.GradScaler:
     """A loss scaler with one interface for every setup.
 
-    Enabled only for fp16 AMP on CUDA; otherwise a disabled ``torch.amp.GradScaler`` whose
-    ``scale`` returns the loss unchanged, ``step`` just calls ``optimizer.step()`` and whose
-    ``state_dict`` is ``{}`` (so it still round-trips through checkpoints).
+    Enabled for fp16 autocast on any device (the dtype is ``enabled`` when that is a dtype,
+    else ``dtype``, else :func:`amp_dtype` of the device: fp16 on CUDA); otherwise a disabled
+    ``torch.amp.GradScaler`` whose ``scale`` returns the loss unchanged, ``step`` just calls
+    ``optimizer.step()`` and whose ``state_dict`` is ``{}`` (so it still round-trips through
+    checkpoints). bf16 has float32's exponent range and needs no loss scaling. ``init_scale``
+    (``--amp-init-scale``; ``None``: torch's 2**16) is the first scale.
     """
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.amp.GradScaler("cuda", enabled=bool(enabled))
-    return torch.amp.GradScaler("cpu", enabled=False)  # bf16 needs no loss scaling
+    if isinstance(enabled, torch.dtype):
+        dtype = enabled
+    dtype = dtype or amp_dtype(device)
+    on = bool(enabled) and dtype == torch.float16
+    kwargs = {} if init_scale is None else {"init_scale": float(init_scale)}
+    return torch.amp.GradScaler(device.type, enabled=on, **kwargs)
+
+
+def scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """``scaler.step(optimizer)`` and ``scaler.update()``; return True when the scaler skipped
+    the step (an inf/NaN among the scaled gradients: the weights are untouched and the scale
+    is lowered by its backoff factor). Always False for a disabled scaler."""
+    if not scaler.is_enabled():
+        scaler.step(optimizer)
+        scaler.update()
+        return False
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() < before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ _CHECK_FINITE = False
 
 
 def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
-    """Sum over every dimension but the first: ``[B, ...] -> [B]``."""
-    return x.reshape(x.shape[0], -1).sum(dim=1)
+    """Sum over every dimension but the first: ``[B, ...] -> [B]``, accumulated and returned in
+    :func:`logdet_dtype` (float32 for half-precision input, which could overflow fp16's 65504
+    on an image-sized sum)."""
+    return x.reshape(x.shape[0], -1).sum(dim=1, dtype=logdet_dtype(x))
 
 
 def logdet_dtype(x: torch.Tensor) -> torch.dtype:

@@ -27,7 +27,7 @@ import torch
 from common.config import ConfigError
 from common.images import ImageReadError, load_image
 from common.metrics import modcrop
-from common.runtime import resolve_device, set_num_threads
+from common.runtime import AMP_DTYPES, amp_setting, resolve_device, set_num_threads
 from irn.checkpoints import is_color_checkpoint, load_irn
 from irn.limits import DEFAULT_MAX_MEGAPIXELS
 from irn.tiling import (
@@ -42,6 +42,8 @@ from irn.tiling import (
 __all__ = [
     "TransferredLatent",
     "amp_field",
+    "amp_dtype_field",
+    "amp_of",
     "check_latent_fields",
     "check_threads",
     "check_tile_fields",
@@ -127,6 +129,24 @@ def device_field() -> Any:
 def amp_field() -> Any:
     """The ``--amp`` field."""
     return _help(False, "Run the network under autocast (bf16 on CPU, fp16 on CUDA).")
+
+
+def amp_dtype_field() -> Any:
+    """The ``--amp-dtype`` field (resolved by :func:`amp_of`)."""
+    return _help(
+        "auto",
+        "Autocast dtype under --amp: auto (fp16 on CUDA, bf16 on CPU), bf16 or fp16 (on the "
+        "CPU: the CUDA code path). Choices: " + ", ".join(AMP_DTYPES) + ".",
+    )
+
+
+def amp_of(cfg: Any, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of ``cfg.amp`` / ``cfg.amp_dtype`` on ``device`` (``None``: no
+    autocast); a config without ``amp_dtype`` means ``auto``."""
+    try:
+        return amp_setting(device, cfg.amp, getattr(cfg, "amp_dtype", "auto"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def threads_field() -> Any:
@@ -415,7 +435,8 @@ def encode_z_from(
     was_training = model.training
     model.eval()
     try:
-        z = latent_tiled(model, x, tile, cfg.tile_overlap, cfg.amp, tile_progress("z-from"))
+        amp = amp_of(cfg, next(model.parameters()).device)
+        z = latent_tiled(model, x, tile, cfg.tile_overlap, amp, tile_progress("z-from"))
     finally:
         model.train(was_training)
     return TransferredLatent(path, size, hw, z.cpu(), "reflect-padded" if pad else "modcropped")

@@ -57,8 +57,11 @@ from common.runtime import (
     ProgressLogger,
     TensorBoardLogger,
     TrainingDiverged,
+    amp_setting,
     autocast_context,
+    describe_amp,
     make_grad_scaler,
+    scaler_step,
     seed_everything,
 )
 from common.subnets import set_dense_block_options
@@ -239,8 +242,24 @@ class TrainConfig:
     amp: bool = field(
         default=False,
         metadata={
-            "help": "Mixed precision: fp16 + gradient scaler on CUDA, bf16 on the CPU; the "
-            "coupling arithmetic stays float32."
+            "help": "Mixed precision (autocast, dtype from --amp-dtype); the coupling "
+            "arithmetic, log-determinants, quantisation and losses stay float32."
+        },
+    )
+    amp_dtype: Literal["auto", "bf16", "fp16"] = field(
+        default="auto",
+        metadata={
+            "help": "Autocast dtype under --amp: auto = fp16 with a gradient scaler on CUDA, "
+            "bf16 (no scaler) on the CPU; fp16 = fp16 with a gradient scaler on any device "
+            "(on the CPU: the CUDA code path); bf16 = bf16, no scaler."
+        },
+    )
+    amp_init_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "First loss scale of the fp16 gradient scaler; none = torch's 65536. "
+            "A step whose scaled gradients overflow is skipped and the scale halved "
+            "(logged as train/scaler_skipped, never counted by --max-nonfinite)."
         },
     )
     workers: int | None = field(
@@ -300,6 +319,8 @@ class TrainConfig:
             raise ConfigError("must be >= 0", field="workers")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"must be >= 1 (or omitted), got {self.threads}", field="threads")
+        if self.amp_init_scale is not None and not self.amp_init_scale > 0:
+            raise ConfigError(f"must be > 0, got {self.amp_init_scale}", field="amp_init_scale")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,9 +428,11 @@ def backward_and_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     cfg: Any,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, bool]:
     """Backward of ``total``, optional value clipping, norm clipping at ``cfg.grad_clip``, the
-    optimiser step (through the AMP ``scaler``); returns the gradient norm before clipping."""
+    optimiser step (through the AMP ``scaler``, which unscales the gradients before the
+    clipping); returns the gradient norm before clipping and whether the scaler skipped the
+    step (fp16 gradients overflowed: weights untouched, scale lowered)."""
     scaler.scale(total).backward()
     scaler.unscale_(optimizer)
     params = list(unwrap(model).parameters())
@@ -417,9 +440,8 @@ def backward_and_step(
         torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    return grad_norm
+    skipped = scaler_step(scaler, optimizer)
+    return grad_norm, skipped
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
@@ -463,6 +485,8 @@ class IRNRun(TrainState):
 
     task: Task | None = None
     cfg: Any = None
+    amp: torch.dtype | None = None  # the autocast dtype (None: float32), from amp_setting
+    scaler_skipped: int = 0  # steps the fp16 gradient scaler skipped (not non-finite losses)
     model_cfg: Any = None
     device: torch.device = torch.device("cpu")
     rank: int = 0
@@ -518,7 +542,7 @@ def accumulate_chunks(
         local = slice(c * micro, (c + 1) * micro)
         chunk_noise = noise.rows(slice(offset + c * micro, offset + (c + 1) * micro))
         losses = run.task.losses(
-            run.module, hr[local], lr_ref[local], run.cfg, chunk_noise, *weights, run.cfg.amp
+            run.module, hr[local], lr_ref[local], run.cfg, chunk_noise, *weights, run.amp
         )
         if chunks == 1:
             return losses["total"], {k: v.detach() for k, v in losses.items()}
@@ -550,7 +574,7 @@ def train_step(run: IRNRun, batch: dict[str, torch.Tensor]) -> None:
     )
     run.optimizer.zero_grad(set_to_none=True)
     if run.micro < hr.shape[0]:
-        initialize_actnorms(run.model, hr, run.device, cfg.amp)
+        initialize_actnorms(run.model, hr, run.device, run.amp)
     local_total, reported = accumulate_chunks(run, hr, lr_ref, noise, weights)
     reported = mean_over_processes(reported, run.world)
     run.step_ok = run.guard.check(reported["total"], step=run.step)
@@ -561,15 +585,33 @@ def train_step(run: IRNRun, batch: dict[str, torch.Tensor]) -> None:
         run.scheduler.step()
         run.progress.update(1)
         return
-    grad_norm = backward_and_step(local_total, run.module, run.optimizer, run.scaler, cfg)
+    grad_norm, skipped = backward_and_step(local_total, run.module, run.optimizer, run.scaler, cfg)
+    if skipped:
+        note_scaler_skip(run)
     run.scheduler.step()
     run.step += 1
     record = {k: float(v) for k, v in reported.items()}
     record["grad_norm"] = float(grad_norm)
+    record["scaler_skipped"] = float(skipped)
     run.history.append(record)
     run.progress.update(1)
     run.progress.set_postfix(loss=record["total"], guide=record["guide"])
     log_step(run, record, weights)
+
+
+def note_scaler_skip(run: IRNRun) -> None:
+    """A step the fp16 gradient scaler skipped (overflowing scaled gradients; the weights are
+    untouched and the scale lowered): counted in the run and its checkpoints, logged at once
+    as ``train/scaler_skipped``, and not a non-finite loss for ``--max-nonfinite``."""
+    run.scaler_skipped += 1
+    run.tb.scalar("train/scaler_skipped", 1.0, run.step)
+    run.tb.scalar("train/loss_scale", run.scaler.get_scale(), run.step)
+    if run.scaler_skipped <= 10 or run.scaler_skipped % 100 == 0:
+        run.progress.write(
+            f"[step {run.step}] fp16 gradients overflowed: the gradient scaler skipped the "
+            f"step and lowered its scale to {run.scaler.get_scale():g} "
+            f"({run.scaler_skipped} such step(s) so far)"
+        )
 
 
 def log_step(run: IRNRun, record: dict[str, float], weights: tuple[float, float]) -> None:
@@ -579,10 +621,15 @@ def log_step(run: IRNRun, record: dict[str, float], weights: tuple[float, float]
     if run.step % cfg.log_every and run.step != cfg.iters:
         return
     now = time.perf_counter()
-    losses = {f"loss_{k}": v for k, v in record.items() if k != "grad_norm"}
+    losses = {
+        f"loss_{k}": v for k, v in record.items() if k not in ("grad_norm", "scaler_skipped")
+    }
     tb.scalars(losses, run.step, prefix="train/")
     tb.scalar("train/grad_norm", record["grad_norm"], run.step)
     tb.scalar("train/lr", run.optimizer.param_groups[0]["lr"], run.step)
+    if run.scaler.is_enabled():
+        tb.scalar("train/loss_scale", run.scaler.get_scale(), run.step)
+        tb.scalar("train/scaler_skipped_total", run.scaler_skipped, run.step)
     if cfg.loss_flip_period is not None:
         tb.scalar("train/lambda_guide", weights[0], run.step)
         tb.scalar("train/lambda_recon", weights[1], run.step)
@@ -608,7 +655,7 @@ def validate_and_log(run: IRNRun) -> None:
     ``best.pt`` when the task's score improves (rank 0 only)."""
     if not run.val_pairs or not run.main_process:
         return
-    task, amp = run.task, run.cfg.amp
+    task, amp = run.task, run.amp
     metrics = task.validate(run.model, run.val_pairs, run.cfg, run.device, amp)
     metrics["step"] = run.step
     run.val_history.append(metrics)
@@ -631,6 +678,7 @@ def save_run(run: IRNRun, path: Path, kind: str) -> None:
         "z_gen": run.z_gen.get_state(),
         "jpeg_gen": pack_np_state(run.jpeg_gen.bit_generator.state),
         "kind": kind,
+        "scaler_skipped": run.scaler_skipped,
     }
     save_state(path, run, run.config_dict(), extra, good=kind != "best")
 
@@ -688,6 +736,10 @@ def build_run(
 ) -> IRNRun:
     """Data, model, optimiser, schedule, scaler, generators and guard of a fresh run (its
     weights drawn from ``cfg.seed``), before any resume or fine-tuning."""
+    amp = amp_setting(device, cfg.amp, cfg.amp_dtype)
+    scaler = make_grad_scaler(device, amp, init_scale=cfg.amp_init_scale)
+    if rank == 0:
+        print(describe_amp(device, amp, scaler), flush=True)
     train_items, val_items, note = load_data(cfg)
     seed_everything(cfg.seed)
     model = task.model_class(model_cfg, memory_saving=cfg.memory_saving).to(device)
@@ -701,7 +753,8 @@ def build_run(
         optimizer=optimizer,
         guard=NonFiniteGuard(cfg.max_nonfinite),
         scheduler=scheduler,
-        scaler=make_grad_scaler(device, cfg.amp),
+        scaler=scaler,
+        amp=amp,
         task=task,
         cfg=cfg,
         model_cfg=model_cfg,
@@ -770,6 +823,7 @@ def restore_run(run: IRNRun, path: Path, ckpt: dict) -> None:
     for line in lines:
         say(run, line)
     run.best = float(extra.get(f"best_{run.task.best_key}", -math.inf))
+    run.scaler_skipped = int(extra.get("scaler_skipped", 0))
     if "z_gen" in extra:
         state = extra["z_gen"]
         run.z_gen.set_state(state.cpu() if run.device.type == "cpu" else state)
@@ -784,7 +838,8 @@ def restore_or_init(run: IRNRun) -> None:
     path, ckpt = on_rank0(read, run.world, run.rank)
     if path is not None:
         restore_run(run, Path(path), ckpt)
-        say(run, f"Resumed from {path} at iteration {run.step}.")
+        scale = f", loss scale {run.scaler.get_scale():g}" if run.scaler.is_enabled() else ""
+        say(run, f"Resumed from {path} at iteration {run.step}{scale}.")
         if cfg.init_weights:
             say(
                 run,
@@ -841,7 +896,7 @@ def announce(run: IRNRun, local_batch: int) -> None:
     say(
         run,
         f"{run.task.title}: {sum(p.numel() for p in run.model.parameters()):,} parameters; "
-        f"device {run.device}{' with AMP' if cfg.amp else ''}"
+        f"device {run.device}{' with AMP' if run.amp else ''}"
         f"{', memory-saving backprop' if cfg.memory_saving else ''}; {run.world} process(es); "
         f"batch {cfg.batch_size}{chunks}, patch {cfg.patch_size}; iterations {run.step} -> "
         f"{cfg.iters}; output {run.out_dir}",
@@ -900,7 +955,9 @@ def train(
     if interrupted:
         where = f"iteration {run.step}"
         say(run, interrupted_message(where, run.out_dir / LAST_NAME, run.out_dir))
-    elif run.val_history:
+    if run.scaler_skipped:
+        say(run, f"The fp16 gradient scaler skipped {run.scaler_skipped} step(s) (overflow).")
+    if not interrupted and run.val_history:
         for line in task.summary(run):
             say(run, line)
     return run_summary(run, interrupted)
@@ -912,6 +969,8 @@ def run_summary(run: IRNRun, interrupted: bool) -> dict[str, Any]:
         "step": run.step,
         "interrupted": interrupted,
         "history": run.history,
+        "scaler_skipped": run.scaler_skipped,
+        "loss_scale": run.scaler.get_scale() if run.scaler.is_enabled() else None,
         "val": run.val_history,
         "bicubic": run.baseline,
         "out": str(run.out_dir),

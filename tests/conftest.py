@@ -42,3 +42,13 @@ def double():
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each device present: ``cpu``, and ``cuda`` when ``torch.cuda.is_available()`` (so one
+    pytest command on a GPU machine runs the device tests there as well)."""
+    return torch.device(request.param)

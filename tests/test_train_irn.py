@@ -241,7 +241,8 @@ def test_cli_runs_as_a_script(tmp_path, data):
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
-    assert lines[0].startswith("Training on")
+    assert lines[0] == "Precision: float32 on cpu (no --amp)."  # the first line says which
+    assert lines[1].startswith("Training on")
     assert lines[-1].startswith("Validation PSNR-Y after 2 iterations: IRN")
     missing = subprocess.run(
         [sys.executable, "train_irn.py", "--data", str(tmp_path / "nope")],
@@ -283,7 +284,8 @@ def test_sample_photo_run_ends_with_the_bicubic_comparison(tmp_path, capsys):
         ]
     )
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("No --data given: training on the 6 scikit-image sample photos")
+    assert lines[0].startswith("Precision: float32")
+    assert lines[1].startswith("No --data given: training on the 6 scikit-image sample photos")
     assert out["val"][-1]["psnr_y"] < out["bicubic"]["psnr_y"]
     assert lines[-2].startswith("IRN is still below bicubic after this short run")
     assert lines[-1].startswith("Validation PSNR-Y after 1 iterations: IRN")

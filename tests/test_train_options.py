@@ -182,7 +182,7 @@ def test_clip_value_bounds_every_gradient_entry():
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     losses = losses_with(model)
     cfg = train_irn.IRNTrainConfig(clip_value=1e-3, grad_clip=0)
-    irn_training.backward_and_step(losses["total"], model, opt, scaler, cfg)
+    irn_training.backward_and_step(losses["total"], model, opt, scaler, cfg)  # (norm, skipped)
     biggest = max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None)
     assert biggest == pytest.approx(1e-3)
     model.zero_grad()
