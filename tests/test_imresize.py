@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 import common.imresize as imresize_module
+from bench.bench_imresize import naive_rows
 from common.imresize import cubic_kernel, imresize, resize_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "irn_reference_metrics.npz"
@@ -176,55 +176,12 @@ def test_errors():
         imresize(np.zeros((8, 8, 3), dtype=np.uint8), 0.5)
 
 
-def _naive_rows(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Deliberately naive: the same weights applied one output row (then column) at a time."""
-    c, h, w = x.shape
-    oh, ow = math.ceil(h * scale), math.ceil(w * scale)
-    wh, ih = (torch.from_numpy(a.copy()) for a in resize_weights(h, oh, scale))
-    ww, iw = (torch.from_numpy(a.copy()) for a in resize_weights(w, ow, scale))
-    wh, ww = wh.to(x.dtype), ww.to(x.dtype)
-    tmp = x.new_empty(c, oh, w)
-    for i in range(oh):
-        tmp[:, i] = (wh[i][None, :, None] * x[:, ih[i]]).sum(1)
-    out = x.new_empty(c, oh, ow)
-    for j in range(ow):
-        out[:, :, j] = (tmp[:, :, iw[j]] * ww[j]).sum(-1)
-    return out
-
-
-def test_vectorised_is_at_least_5x_faster_than_row_loop():
-    # DIV2K-sized RGB image [3, 1356, 2040] float32, x1/4 (IRN x4 LR generation). Both versions
-    # run on one thread: a fair single-core comparison, and it avoids the thread contention that
-    # makes tiny per-row ops erratic when other jobs share this 2-core box.
-    # The measured times are in docs/performance.md ("Bicubic imresize").
-    # Noise can only lower the ratio, so the best of up to three attempts is taken.
-    x = torch.from_numpy(np.random.default_rng(0).random((3, 1356, 2040), dtype=np.float32))
-    scale = 0.25
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+def test_vectorised_equals_row_loop():
+    # The banded-matrix implementation against the same weights applied one row at a time
+    # (its speed is measured by bench/bench_imresize.py, not asserted here).
+    x = torch.from_numpy(np.random.default_rng(0).random((3, 123, 210), dtype=np.float32))
+    for scale in (0.25, 0.5, 2.0):
         fast = imresize(x, scale)
-        slow = _naive_rows(x, scale)
-        assert fast.shape == slow.shape == (3, 339, 510)
+        slow = naive_rows(x, scale)
+        assert fast.shape == slow.shape
         assert (fast - slow).abs().max().item() < 1e-5
-
-        def best_of(fn, n: int) -> float:
-            times = []
-            for _ in range(n):
-                # CPU time of this thread (torch runs on one thread here): other jobs on a
-                # shared machine then cannot distort the ratio.
-                t0 = time.thread_time()
-                fn()
-                times.append(time.thread_time() - t0)
-            return min(times)
-
-        ratios = []
-        for _ in range(3):
-            t_fast = best_of(lambda: imresize(x, scale), 10)
-            t_slow = best_of(lambda: _naive_rows(x, scale), 3)
-            ratios.append(t_slow / t_fast)
-            if ratios[-1] >= 5.0:
-                break
-    finally:
-        torch.set_num_threads(threads)
-    assert max(ratios) >= 5.0, f"speed-up only {max(ratios):.1f}x (attempts: {ratios})"
