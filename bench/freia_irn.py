@@ -33,7 +33,6 @@ import functools
 import re
 import sys
 from collections import OrderedDict
-from collections.abc import Mapping
 from pathlib import Path
 
 import FrEIA.framework as Ff
