@@ -199,6 +199,14 @@ def equality(
     out["losses_rel"] = {k: _max_rel(loss_f[k], loss_o[k]) for k in loss_o}
     out["losses_ours"] = {k: float(v) for k, v in loss_o.items()}
     out["grad_rel"] = max(_max_rel(f, o) for f, o in zip(grad_f, grad_o, strict=True))
+    if dtype != torch.float64:  # each model's gradients against ours in float64
+        ref = perturbed_irn(scale, seed, torch.float64)
+        noise64 = type(noise)(noise.z.double(), noise.qualities)
+        _, grad_64 = _losses_and_grads(ref, hr.double(), lr_ref.double(), cfg, noise64, scale)
+        for name, grads in (("ours", grad_o), ("freia", grad_f)):
+            out[f"grad_vs_f64_{name}"] = max(
+                _max_rel(g.double(), r) for g, r in zip(grads, grad_64, strict=True)
+            )
     out["params_ours"] = trainable_params(ours)
     out["params_freia"] = trainable_params(freia)
     return out
@@ -208,6 +216,7 @@ def equality_table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'case':<12}{'forward':>10}{'log-det':>10}{'inverse':>10}{'losses':>10}"
         f"{'grads':>10}{'params (both)':>15}{'round trip ours':>17}{'FrEIA':>10}"
+        f"{'grads vs float64: ours':>24}{'FrEIA':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -218,6 +227,8 @@ def equality_table(rows: list[dict[str, Any]]) -> str:
             f"{r['logdet_rel']:>10.1e}{r['inverse_max_abs']:>10.1e}"
             f"{max(r['losses_rel'].values()):>10.1e}{r['grad_rel']:>10.1e}{params:>15}"
             f"{r['roundtrip_ours']:>17.1e}{r['roundtrip_freia']:>10.1e}"
+            f"{_fmt(r.get('grad_vs_f64_ours'), '.1e'):>24}"
+            f"{_fmt(r.get('grad_vs_f64_freia'), '.1e'):>10}"
         )
     return "\n".join(lines)
 
@@ -302,7 +313,13 @@ def step_memory_worker(args: argparse.Namespace) -> dict[str, Any]:
     before = _current_rss_mib()
     cpu, wall = _timed(built["step"])
     peak = _rss_mib()
-    return {"before_mib": before, "peak_mib": peak, "step_mib": peak - before, "cpu_s": cpu}
+    return {
+        "before_mib": before,
+        "peak_mib": peak,
+        "step_mib": peak - before,
+        "cpu_s": cpu,
+        "wall_s": wall,
+    }
 
 
 def measure_memory(args: argparse.Namespace, batch: int, patch: int) -> dict[str, Any]:
@@ -317,6 +334,17 @@ def measure_memory(args: argparse.Namespace, batch: int, patch: int) -> dict[str
 def _paired(times: dict[str, list[float]], name: str) -> float:
     pairs = zip(times[name], times[REFERENCE], strict=True)
     return statistics.median(a / b for a, b in pairs)
+
+
+def speed_from_memory(memory: dict[str, Any]) -> dict[str, Any]:
+    """``--skip-speed``: the memory subprocesses' single steps as the timing (fresh process
+    each, after a tiny warm-up step; not interleaved, so only the CPU times compare)."""
+    names = list(CONFIGS)
+    return {
+        "cpu": {n: [memory[n]["cpu_s"]] for n in names},
+        "wall": {n: [memory[n]["wall_s"]] for n in names},
+        "roundtrip": {n: float("nan") for n in names},
+    }
 
 
 def step_table(speed: dict[str, Any], memory: dict[str, Any]) -> tuple[str, dict[str, dict]]:
@@ -469,7 +497,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="Timed steps per configuration.")
     p.add_argument("--warmup", type=int, default=1, help="Untimed steps per configuration.")
     p.add_argument("--inference-rounds", type=int, default=1, help="Inference runs each.")
+    p.add_argument("--equality-only", action="store_true", help="Only the equality table.")
     p.add_argument("--skip-memory", action="store_true", help="No memory subprocesses.")
+    p.add_argument(
+        "--skip-speed",
+        action="store_true",
+        help="Time each configuration by its memory subprocess's single step instead of the "
+        "interleaved rounds (for the slowest sizes on a busy machine).",
+    )
+    p.add_argument("--skip-equality", action="store_true", help="No equality table.")
     p.add_argument("--skip-inference", action="store_true", help="No inference runs.")
     p.add_argument("--seed", type=int, default=0, help="Seed of weights, data and z.")
     p.add_argument("--threads", type=int, default=1, help="torch threads (all models alike).")
@@ -511,17 +547,25 @@ def run_equality(args: argparse.Namespace) -> list[dict[str, Any]]:
     cases = [(2, torch.float32), (4, torch.float32), (4, torch.float64)]
     rows = [equality(s, dt, batch=batch, patch=patch, seed=args.seed) for s, dt in cases]
     print(f"Equality (same perturbed weights; batch {batch}, patch {patch}; max |difference|,")
-    print("log-det / losses / gradients relative to ours; round trip max |x - f^-1(f(x))|):")
+    print("log-det / losses / gradients relative to ours, per tensor; round trip max")
+    print("|x - f^-1(f(x))|; float32 gradients of each against ours in float64, per tensor):")
     print(equality_table(rows))
     return rows
 
 
 def run_comparison(args: argparse.Namespace) -> dict[str, Any]:
-    result: dict[str, Any] = {"equality": run_equality(args), "steps": {}}
+    result: dict[str, Any] = {"steps": {}}
+    if not args.skip_equality:
+        result["equality"] = run_equality(args)
+    if args.equality_only:
+        return result
     for batch, patch in args.step_sizes:
         print(f"\nTraining step, IRN x{args.scale}, batch {batch}, patch {patch}:", flush=True)
         memory = {} if args.skip_memory else measure_memory(args, batch, patch)
-        speed = measure_speed(args, batch, patch)
+        if args.skip_speed and memory:
+            speed = speed_from_memory(memory)
+        else:
+            speed = measure_speed(args, batch, patch)
         text, rows = step_table(speed, memory)
         print(text)
         result["steps"][f"{batch}x{patch}"] = {
