@@ -31,8 +31,9 @@ convolutions are non-zero and every coupling does something), copied into FrEIA'
    (``getrusage`` ``ru_maxrss``) minus the RSS just before the step (``/proc/self/statm``), i.e.
    what the step adds to a process holding the model and batch (activations, gradients, Adam
    state); the whole-process peak is also reported.
-3. Round trip under each configuration's precision: ``max |x - f^-1(f(x))|`` (eval mode) on
-   the benchmark batch, under bf16 autocast for the bf16 configurations.
+3. Round trip under each configuration's precision: ``max |x - f^-1(f(x))|`` (eval mode, the
+   shared initial weights) on the first image of the benchmark batch, under bf16 autocast for
+   the bf16 configurations.
 4. Inference: downscale (quantised LR) then upscale with a sampled ``z`` of a 2048x1080 image
    (``--quick``: 512x512), without gradients, each configuration in a fresh subprocess: time
    and peak RSS above the RSS before the call (after a tiny warm-up call, in the training-step
@@ -268,9 +269,12 @@ def roundtrip_error(model: torch.nn.Module, hr: torch.Tensor, amp: bool) -> floa
 def measure_speed(args: argparse.Namespace, batch: int, patch: int) -> dict[str, Any]:
     """Interleaved training steps of every configuration in this process."""
     names = list(CONFIGS)
-    built = {}
+    built, rt = {}, {}
     for name in names:
         built[name] = make_step(name, args, batch, patch)
+        # round trip with the shared initial weights (training steps make them differ)
+        model, amp = built[name]["model"], built[name]["amp"]
+        rt[name] = roundtrip_error(model, built[name]["hr"][:1], amp)
         for _ in range(args.warmup):
             built[name]["step"]()
     print(f"  batch {batch} / patch {patch}: built and warmed up {len(names)} models", flush=True)
@@ -284,8 +288,6 @@ def measure_speed(args: argparse.Namespace, batch: int, patch: int) -> dict[str,
             wall[name].append(w)
         line = ", ".join(f"{n} {cpu[n][-1]:.2f}s" for n in names)
         print(f"  round {r + 1}/{args.rounds} (CPU s): {line}", flush=True)
-    hr = built[REFERENCE]["hr"][:1]
-    rt = {n: roundtrip_error(built[n]["model"], hr, built[n]["amp"]) for n in names}
     return {"cpu": cpu, "wall": wall, "roundtrip": rt}
 
 
