@@ -15,7 +15,8 @@ from ``--seed`` and perturbed (Gaussian noise of sd 0.01 on every parameter, so 
 convolutions are non-zero and every coupling does something), copied into FrEIA's layout.
 
 1. Equality, before any timing: forward ``(y, log|det|)``, inverse, the three training losses
-   of ``train_irn.compute_losses`` (same batch, same ``z'``), the gradients, the trainable
+   of ``train_irn.compute_losses`` (same batch, same ``z'``), the gradients (and each model's
+   float32 gradients against ours in float64), the trainable
    parameter counts and each model's round trip ``max |x - f^-1(f(x))|``, at x2 and x4 in
    float32 and at x4 in float64.
 2. Training step (``train_irn.sample_noise``, ``train_irn.compute_losses``,
@@ -163,6 +164,13 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item() / scale if scale else (a - b).abs().max().item()
 
 
+def _norm_rel(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    """``||g - r|| / ||r||`` over all parameters at once (in float64)."""
+    g = torch.cat([t.double().flatten() for t in grads])
+    r = torch.cat([t.double().flatten() for t in ref])
+    return ((g - r).norm() / r.norm()).item()
+
+
 def _losses_and_grads(model, hr, lr_ref, cfg, noise, scale) -> tuple[dict, list]:
     model.zero_grad(set_to_none=True)
     losses = train_irn.compute_losses(model, hr, lr_ref, cfg, noise, float(scale**2))
@@ -200,6 +208,7 @@ def equality(
     out["losses_rel"] = {k: _max_rel(loss_f[k], loss_o[k]) for k in loss_o}
     out["losses_ours"] = {k: float(v) for k, v in loss_o.items()}
     out["grad_rel"] = max(_max_rel(f, o) for f, o in zip(grad_f, grad_o, strict=True))
+    out["grad_norm_rel"] = _norm_rel(grad_f, grad_o)
     if dtype != torch.float64:  # each model's gradients against ours in float64
         ref = perturbed_irn(scale, seed, torch.float64)
         noise64 = type(noise)(noise.z.double(), noise.qualities)
@@ -208,6 +217,7 @@ def equality(
             out[f"grad_vs_f64_{name}"] = max(
                 _max_rel(g.double(), r) for g, r in zip(grads, grad_64, strict=True)
             )
+            out[f"grad_norm_vs_f64_{name}"] = _norm_rel(grads, grad_64)
     out["params_ours"] = trainable_params(ours)
     out["params_freia"] = trainable_params(freia)
     return out
@@ -226,10 +236,10 @@ def equality_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{'x' + str(r['scale']) + ' ' + r['dtype']:<12}{r['forward_max_abs']:>10.1e}"
             f"{r['logdet_rel']:>10.1e}{r['inverse_max_abs']:>10.1e}"
-            f"{max(r['losses_rel'].values()):>10.1e}{r['grad_rel']:>10.1e}{params:>15}"
+            f"{max(r['losses_rel'].values()):>10.1e}{r['grad_norm_rel']:>10.1e}{params:>15}"
             f"{r['roundtrip_ours']:>17.1e}{r['roundtrip_freia']:>10.1e}"
-            f"{_fmt(r.get('grad_vs_f64_ours'), '.1e'):>24}"
-            f"{_fmt(r.get('grad_vs_f64_freia'), '.1e'):>10}"
+            f"{_fmt(r.get('grad_norm_vs_f64_ours'), '.1e'):>24}"
+            f"{_fmt(r.get('grad_norm_vs_f64_freia'), '.1e'):>10}"
         )
     return "\n".join(lines)
 
@@ -549,8 +559,9 @@ def run_equality(args: argparse.Namespace) -> list[dict[str, Any]]:
     cases = [(2, torch.float32), (4, torch.float32), (4, torch.float64)]
     rows = [equality(s, dt, batch=batch, patch=patch, seed=args.seed) for s, dt in cases]
     print(f"Equality (same perturbed weights; batch {batch}, patch {patch}; max |difference|,")
-    print("log-det / losses / gradients relative to ours, per tensor; round trip max")
-    print("|x - f^-1(f(x))|; float32 gradients of each against ours in float64, per tensor):")
+    print("log-det and losses relative to ours; gradients: ||FrEIA - ours|| / ||ours|| over all")
+    print("parameters; round trip max |x - f^-1(f(x))|; float32 gradients of each against ours")
+    print("in float64, the same norm ratio; per-tensor maxima in the JSON):")
     print(equality_table(rows))
     return rows
 
