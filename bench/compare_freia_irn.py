@@ -28,17 +28,17 @@ convolutions are non-zero and every coupling does something), copied into FrEIA'
    (``time.thread_time``: with one torch thread every kernel, backward included, runs on it,
    and time the OS gives other processes is not counted) and by the wall clock. Ratios are
    medians over rounds of the paired ratio (same round) to FrEIA fp32. Memory: each
-   configuration runs one step in a fresh subprocess; "step memory" is the peak RSS
-   (``getrusage`` ``ru_maxrss``) minus the RSS just before the step (``/proc/self/statm``), i.e.
-   what the step adds to a process holding the model and batch (activations, gradients, Adam
-   state); the whole-process peak is also reported.
+   configuration runs one step in a fresh subprocess (after a tiny warm-up step); "step
+   memory" is the peak anonymous resident memory during the step (``RssAnon`` of
+   ``/proc/self/status`` sampled every 2 ms by a thread, :class:`AnonPeak`) minus its value
+   just before, i.e. what the step adds to a process holding the model and batch (activations,
+   gradients, Adam state); the whole-process peak RSS (``ru_maxrss``) is also reported.
 3. Round trip under each configuration's precision: ``max |x - f^-1(f(x))|`` (eval mode, the
    shared initial weights) on the first image of the benchmark batch, under bf16 autocast for
    the bf16 configurations.
 4. Inference: downscale (quantised LR) then upscale with a sampled ``z`` of a 2048x1080 image
    (``--quick``: 512x512), without gradients, each configuration in a fresh subprocess: time
-   and peak RSS above the RSS before the call (after a tiny warm-up call, in the training-step
-   memory too, so the code pages a first call loads are not counted).
+   and peak anonymous memory above its value before the call (after a tiny warm-up call).
 
 ``--profile``: ``torch.profiler`` over one training step of FrEIA fp32, FrEIA bf16, ours fp32
 and ours ``--amp`` (after one warm-up step): the share of the convolutions (forward and
@@ -54,6 +54,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -253,9 +254,42 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _current_rss_mib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _anon_mib() -> float:
+    """Anonymous resident memory of this process (``RssAnon`` of ``/proc/self/status``)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    return float("nan")  # pragma: no cover - not Linux
+
+
+class AnonPeak:
+    """Peak anonymous resident memory while a ``with`` block runs, sampled by a thread every
+    ``interval`` seconds; ``before`` is the value at entry. Tensors live in anonymous memory;
+    file-backed pages (the libraries' code) are left out, because on a machine short of memory
+    the kernel evicts and reloads them, which made the peak RSS (``ru_maxrss``) minus the RSS
+    before the step swing by a GiB whatever the configuration. Activations live for a whole
+    forward-backward pass, far longer than the interval."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.before = self.peak = float("nan")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _anon_mib())
+
+    def __enter__(self) -> AnonPeak:
+        self.before = self.peak = _anon_mib()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _anon_mib())
 
 
 def _timed(step) -> tuple[float, float]:
@@ -322,13 +356,12 @@ def step_memory_worker(args: argparse.Namespace) -> dict[str, Any]:
     tiny["step"]()  # loads the code every step runs, so it is not counted as step memory
     del tiny
     built = make_step(args.worker, args, args.batch_size, args.patch_size)
-    before = _current_rss_mib()
-    cpu, wall = _timed(built["step"])
-    peak = _rss_mib()
+    with AnonPeak() as mem:
+        cpu, wall = _timed(built["step"])
     return {
-        "before_mib": before,
-        "peak_mib": peak,
-        "step_mib": peak - before,
+        "before_mib": mem.before,
+        "peak_mib": _rss_mib(),
+        "step_mib": mem.peak - mem.before,
         "cpu_s": cpu,
         "wall_s": wall,
     }
@@ -405,15 +438,15 @@ def inference_worker(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(args.seed)
     tiny = photo(8 * args.scale, 8 * args.scale)
     for img in (tiny, photo(args.height, args.width)):  # the tiny one loads the code
-        before = _current_rss_mib()
-        c0, w0 = time.thread_time(), time.perf_counter()
-        with autocast_context("cpu", amp):
-            lr = model.downscale(img)
-            sr = model.upscale(lr.float(), generator=gen)
-        cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
-        del lr, sr
-    peak = _rss_mib()
-    return {"cpu_s": cpu, "wall_s": wall, "step_mib": peak - before, "peak_mib": peak}
+        with AnonPeak() as mem:
+            c0, w0 = time.thread_time(), time.perf_counter()
+            with autocast_context("cpu", amp):
+                lr = model.downscale(img)
+                sr = model.upscale(lr.float(), generator=gen)
+            cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
+            del lr, sr
+    step = mem.peak - mem.before
+    return {"cpu_s": cpu, "wall_s": wall, "step_mib": step, "peak_mib": _rss_mib()}
 
 
 def measure_inference(args: argparse.Namespace, height: int, width: int) -> dict[str, Any]:
