@@ -37,7 +37,7 @@ convolutions are non-zero and every coupling does something), copied into FrEIA'
    shared initial weights) on the first image of the benchmark batch, under bf16 autocast for
    the bf16 configurations.
 4. Inference: downscale (quantised LR) then upscale with a sampled ``z`` of a 2048x1080 image
-   (``--quick``: 512x512), without gradients, each configuration in a fresh subprocess: time
+   (``--quick``: 256x256), without gradients, each configuration in a fresh subprocess: time
    and peak anonymous memory above its value before the call (after a tiny warm-up call).
 
 ``--profile``: ``torch.profiler`` over one training step of FrEIA fp32, FrEIA bf16, ours fp32
