@@ -565,7 +565,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
     default_steps, default_image = (
-        ("2x64", "512x512") if args.quick else ("16x144,4x96", "2048x1080")
+        ("2x64", "256x256") if args.quick else ("16x144,4x96", "2048x1080")
     )
     args.step_sizes = _pairs(args.steps or default_steps, "--steps")
     (args.image_wh,) = _pairs(args.image or default_image, "--image")[:1]
