@@ -6,6 +6,7 @@ FrEIA is an optional extra (never in requirements.txt)::
     python bench/compare_freia.py                          # 5 epochs, batch 32, Adam 1e-3, 3 seeds
     python bench/compare_freia.py --repeats 1 --json out/compare_freia.json
     python bench/compare_freia.py --profile 20             # torch.profiler op counts, then exit
+    python bench/compare_freia.py --model irn --quick      # IRN: bench/compare_freia_irn.py
 
 Without FrEIA the script prints why it skips and exits 0 (with ``--json`` it writes
 ``{"skipped": ...}``).
@@ -404,6 +405,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=15,
         help="Operators listed per model by --profile (0: none).",
     )
+    p.add_argument(
+        "--model",
+        choices=("glow", "irn"),
+        default="glow",
+        help="glow: this comparison on the digits; irn: our IRN against the dissertation's "
+        "FrEIA IRN (bench/compare_freia_irn.py, which takes its own flags).",
+    )
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "steps", "hidden", "repeats", "init_batch", "threads"):
         if getattr(args, name) < 1:
@@ -419,15 +427,37 @@ def write_json(path: Path, payload: dict) -> None:
     atomic_write_json(path, payload)
 
 
+def pop_model(argv: list[str]) -> tuple[str, list[str]]:
+    """``--model glow|irn`` (or ``--model=...``) taken out of ``argv``; the default is glow."""
+    model, rest, i = "glow", [], 0
+    while i < len(argv):
+        if argv[i] == "--model" and i + 1 < len(argv):
+            model, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--model="):
+            model = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    if model not in ("glow", "irn"):
+        raise SystemExit(f"compare_freia.py: error: --model must be glow or irn, got {model!r}")
+    return model, rest
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    model, argv = pop_model(list(sys.argv[1:] if argv is None else argv))
+    args = parse_args(argv) if model == "glow" else None
     try:
         import FrEIA  # noqa: F401
     except ImportError:
         print(FREIA_MISSING)
-        if args.json is not None:
+        if args is not None and args.json is not None:
             write_json(args.json, {"skipped": FREIA_MISSING})
         return {"skipped": FREIA_MISSING}
+    if args is None:
+        from bench import compare_freia_irn
+
+        return compare_freia_irn.main(argv)
 
     torch.set_num_threads(args.threads)
     if args.profile:

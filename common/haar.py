@@ -52,7 +52,8 @@ class HaarDownsampling(nn.Module):
 
     def _logdet(self, x: torch.Tensor) -> torch.Tensor:
         c, h, w = x.shape[1:]
-        return broadcast_logdet(torch.tensor(-c * h * w * math.log(2.0)), x)
+        value = torch.tensor(-c * h * w * math.log(2.0), dtype=torch.float64)  # not rounded
+        return broadcast_logdet(value, x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input(self, x, self.channels, min_dim=4, even_spatial=True)

@@ -50,3 +50,12 @@ def test_odd_size_and_wrong_channels_are_clear_errors():
         HaarDownsampling(3)(torch.randn(1, 2, 4, 4))
     with pytest.raises(ValueError, match=r"HaarDownsampling.inverse: expected 12 channels"):
         HaarDownsampling(3).inverse(torch.randn(1, 3, 2, 2))
+
+
+def test_logdet_float64_not_rounded_to_float32():
+    """Under the default float32 dtype a float64 input still gets the exact float64 log-det
+    (it was once built as a float32 scalar first; found by the FrEIA comparison)."""
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    _, logdet = HaarDownsampling(3)(x)
+    assert logdet.dtype == torch.float64
+    assert logdet[0].item() == -3 * 16 * 16 * math.log(2.0)
