@@ -146,3 +146,15 @@ def test_rescale_z_zero_and_z_from(ckpt, photo, tmp_path, capsys):
     diff = np.abs(load_image(tiled) - load_image(tmp_path / "from.png")).max() * 255
     assert diff <= 1.0
     capsys.readouterr()
+
+
+def test_bench_configurations():
+    from bench import bench_irn
+
+    opts = bench_irn.parse_config("amp+multiscale+learned")
+    assert opts["amp"] and opts["multiscale"] and opts["learned"]
+    assert bench_irn.plain_counterpart("amp+multiscale+learned") == "amp"
+    assert bench_irn.plain_counterpart("multiscale") == "fp32"
+    assert bench_irn.plain_counterpart("amp") is None
+    with pytest.raises(ValueError, match="needs 'multiscale'"):
+        bench_irn.parse_config("learned")
