@@ -237,6 +237,11 @@ class IRN(nn.Module):
     ``operations.{i}.haar_weights`` entries (our Haar transform is closed form; see
     :func:`to_authors_state_dict` / :func:`load_authors_checkpoint`).
 
+    ``IRNConfig(multiscale=True)`` (x4, x8) builds the multi-scale variant of
+    :mod:`irn.multiscale` instead: after each level but the last, ``split_channels`` channels
+    leave the flow (RealNVP/Glow's split) and later couplings act on the rest; ``y`` has the same
+    shape and meaning, so everything that takes an IRN takes it.
+
     ``IRNConfig(actnorm=True)`` (the dissertation's option, appendix A.1) adds a
     :class:`~common.actnorm.ActNorm` after every coupling; such a model has no authors' layout.
 
