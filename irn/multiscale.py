@@ -136,24 +136,26 @@ class OnActive(nn.Module):
         return f"active={self.active}, parked={self.parked}"
 
 
-def _on_active_step(direction: str):
-    """Memory-saving backward step of :class:`OnActive`: the wrapped layer's step on the active
-    slice; the parked slice and its gradient pass through (registered below)."""
-
-    def step(layer, out, grad_out, grad_logdet, need_input_grad) -> StepResult:
-        n = layer.active
-        inner = reversible_step(layer.layer, direction)
-        x_a, g_a, grads = inner(
-            layer.layer, out[:, :n], grad_out[:, :n], grad_logdet, need_input_grad
-        )
-        x = torch.cat([x_a, out[:, n:]], dim=1)
-        g = None if g_a is None else torch.cat([g_a, grad_out[:, n:]], dim=1)
-        return x, g, grads
-
-    return step
+def _on_active(layer, out, grad_out, grad_logdet, need_input_grad, direction) -> StepResult:
+    """Memory-saving backward step of :class:`OnActive`: the wrapped layer's step (fast if
+    registered) on the active slice; the parked slice and its gradient pass through."""
+    n = layer.active
+    inner = reversible_step(layer.layer, direction)
+    x_a, g_a, grads = inner(layer.layer, out[:, :n], grad_out[:, :n], grad_logdet, need_input_grad)
+    x = torch.cat([x_a, out[:, n:]], dim=1)
+    g = None if g_a is None else torch.cat([g_a, grad_out[:, n:]], dim=1)
+    return x, g, grads
 
 
-register_reversible_step(OnActive, _on_active_step("forward"), _on_active_step("inverse"))
+def _on_active_forward_step(layer, y, grad_y, grad_logdet, need_input_grad) -> StepResult:
+    return _on_active(layer, y, grad_y, grad_logdet, need_input_grad, "forward")
+
+
+def _on_active_inverse_step(layer, x, grad_x, grad_logdet, need_input_grad) -> StepResult:
+    return _on_active(layer, x, grad_x, grad_logdet, need_input_grad, "inverse")
+
+
+register_reversible_step(OnActive, _on_active_forward_step, _on_active_inverse_step)
 
 
 def split_sizes(cfg: Any) -> list[int]:
