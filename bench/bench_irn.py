@@ -327,6 +327,54 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def result_rows(
+    args: argparse.Namespace,
+    configs: list[str],
+    times: dict[str, list[float]],
+    memory: dict[str, dict],
+    flops: dict[str, int],
+) -> list[dict[str, Any]]:
+    """One row per configuration: median step time, paired ratios, peak memory, FLOPs."""
+    step_s = {c: statistics.median(t) for c, t in times.items() if t}
+    base_flops = flops.get("baseline")
+    rows = []
+    for c in configs:
+        s = step_s.get(c)
+        peak = memory.get(c, {}).get("peak_mib")
+        rows.append(
+            {
+                "config": c,
+                "step_s": s,
+                "speed_vs_baseline": _paired(times, c, "baseline"),
+                "speed_vs_fp32": _paired(times, c, "fp32"),
+                "speed_vs_irn": _paired(times, c, plain_counterpart(c) or c)
+                if plain_counterpart(c)
+                else None,
+                "params": sum(
+                    q.numel() for q in IRN(model_config(args, parse_config(c))).parameters()
+                ),
+                "medians_vs_baseline": s / step_s["baseline"]
+                if s and "baseline" in step_s
+                else None,
+                "peak_gib": peak / 1024 if peak else None,
+                "memory_vs_baseline": (
+                    peak / memory["baseline"]["peak_mib"]
+                    if peak and "baseline" in memory
+                    else None
+                ),
+                "memory_vs_irn": (
+                    peak / memory[plain_counterpart(c)]["peak_mib"]
+                    if peak and plain_counterpart(c) in memory
+                    else None
+                ),
+                "flops": flops.get(c),
+                "model_gflops": base_flops / s / 1e9 if base_flops and s else None,
+                "exec_gflops": flops[c] / s / 1e9 if c in flops and s else None,
+            }
+        )
+    return rows
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench_irn.py",
@@ -401,43 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flops = {} if args.skip_flops else {c: count_flops(args, c, device) for c in configs}
     load_end = _loadavg()
 
-    step_s = {c: statistics.median(t) for c, t in times.items() if t}
-    base_flops = flops.get("baseline")
-    rows = []
-    for c in configs:
-        s = step_s.get(c)
-        peak = memory.get(c, {}).get("peak_mib")
-        rows.append(
-            {
-                "config": c,
-                "step_s": s,
-                "speed_vs_baseline": _paired(times, c, "baseline"),
-                "speed_vs_fp32": _paired(times, c, "fp32"),
-                "speed_vs_irn": _paired(times, c, plain_counterpart(c) or c)
-                if plain_counterpart(c)
-                else None,
-                "params": sum(
-                    q.numel() for q in IRN(model_config(args, parse_config(c))).parameters()
-                ),
-                "medians_vs_baseline": s / step_s["baseline"]
-                if s and "baseline" in step_s
-                else None,
-                "peak_gib": peak / 1024 if peak else None,
-                "memory_vs_baseline": (
-                    peak / memory["baseline"]["peak_mib"]
-                    if peak and "baseline" in memory
-                    else None
-                ),
-                "memory_vs_irn": (
-                    peak / memory[plain_counterpart(c)]["peak_mib"]
-                    if peak and plain_counterpart(c) in memory
-                    else None
-                ),
-                "flops": flops.get(c),
-                "model_gflops": base_flops / s / 1e9 if base_flops and s else None,
-                "exec_gflops": flops[c] / s / 1e9 if c in flops and s else None,
-            }
-        )
+    rows = result_rows(args, configs, times, memory, flops)
     text = table(rows)
     print()
     print(text)

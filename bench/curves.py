@@ -209,6 +209,24 @@ def _parse_reference(text: str) -> list[float]:
         ) from None
 
 
+def _print_pairs(res: dict, f: str) -> None:
+    """The paired differences of :func:`summarise`, per pair and as mean / standard error."""
+    pr = res["pairs"]
+    print()
+    for (a, b), d in pr["diffs"].items():
+        print(f"{b} - {a}: " + ", ".join(f"{s}: {v:+{f}}" for s, v in d.items()))
+    for s in res["steps"]:
+        at = [d[s] for d in pr["diffs"].values() if s in d]
+        if len(at) > 1:
+            mean, sd = _mean_sd(at)
+            print(f"mean difference at {s}: {mean:+.4f}, standard error "
+                  f"{sd / math.sqrt(len(at)):.4f} ({len(at)} pairs)")  # fmt: skip
+    print(
+        f"mean difference at {pr['last_step']} over {pr['n']} pair(s): {pr['mean']:+.3f} dB"
+        + (f", standard error {pr['se']:.3f} dB" if pr["n"] > 1 else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -259,20 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
             + " |"
         )
     if "pairs" in res:
-        pr = res["pairs"]
-        print()
-        for (a, b), d in pr["diffs"].items():
-            print(f"{b} - {a}: " + ", ".join(f"{s}: {v:+{f}}" for s, v in d.items()))
-        for s in steps:
-            at = [d[s] for d in pr["diffs"].values() if s in d]
-            if len(at) > 1:
-                mean, sd = _mean_sd(at)
-                print(f"mean difference at {s}: {mean:+.4f}, standard error "
-                      f"{sd / math.sqrt(len(at)):.4f} ({len(at)} pairs)")  # fmt: skip
-        print(
-            f"mean difference at {pr['last_step']} over {pr['n']} pair(s): {pr['mean']:+.3f} dB"
-            + (f", standard error {pr['se']:.3f} dB" if pr["n"] > 1 else "")
-        )
+        _print_pairs(res, f)
     if args.plot:
         # a pair's second run: dashed, in the colour of its first
         partner = {b: a for a, b in args.pair if b not in grouped}
