@@ -55,6 +55,7 @@ from irn.data import validation_pairs
 from irn.evaluation import bicubic_baseline, evaluate_rescaling, mean_metrics
 from irn.losses import distribution_loss, mixed_loss
 from irn.model import IRN, IRNConfig
+from irn.multiscale import latent_logscale_penalty
 from irn.training import StepNoise, Task, TrainConfig, draw_noise, train_distributed, unwrap
 
 
@@ -166,18 +167,21 @@ def compute_losses(
 
     ``(y, z) = f(x)``; ``L_guide`` on ``y`` (unquantised unless --quantize-guide-loss);
     ``y_q = Quant(y)`` (straight-through); ``x' = f^-1(y_q, z')`` with ``z'`` = ``noise.z``
-    (``None``: 0); ``L_recon`` on ``x'``; ``L_distr = mean_b sum z^2``. ``noise.qualities``
+    (``None``: 0); ``L_recon`` on ``x'``; ``L_distr = mean_b sum z^2`` (plus ``2 sum log sigma``
+    of a multi-scale IRN's learned prior, irn/multiscale.py). ``noise.qualities``
     JPEG-compress ``y_q`` first (IRN-C). ``lambda_recon`` defaults to ``cfg.lambda_recon``.
     """
     c = lr_ref.shape[1]
     device = hr.device
     with autocast_context(device, amp):
         y, _ = model(hr)
+        # the learned split prior's 2 sum log sigma (multi-scale IRN; 0 otherwise)
+        l_prior = latent_logscale_penalty(unwrap(model), y)
     lr, z = y[:, :c], y[:, c:]
     lr_q = quantize_ste(lr)
     guide_in = lr_q if cfg.quantize_guide_loss else lr
     l_guide = mixed_loss(guide_in, lr_ref, cfg.guide_loss, cfg.y_channel_usage)
-    l_distr = distribution_loss(z)
+    l_distr = distribution_loss(z) + l_prior
     if noise.qualities is not None:
         lr_q = jpeg_ste(lr_q, noise.qualities)
     lr_in = lr_ref if cfg.sr_mode else lr_q
@@ -307,7 +311,7 @@ def irn_task(model_cfg: IRNConfig) -> Task:
     scale = model_cfg.scale
     return Task(
         name="rescale",
-        title=f"IRN x{scale}",
+        title=f"IRN x{scale}" + (" multiscale" if model_cfg.multiscale else ""),
         best_key="psnr_y",
         default_out=f"runs/irn_x{scale}",
         lambda_guide=float(scale**2),

@@ -20,6 +20,10 @@ Configurations (``--configs``, comma separated; each is ``+``-joined tokens):
   on CUDA; fp16: fp16 + gradient scaler on any device).
 * ``memsave``: memory-saving backprop, as ``--memory-saving``.
 * ``nchw``: channels-last off; ``compile``: ``torch.compile`` of every dense block.
+* ``multiscale``: the multi-scale IRN (``--multiscale``, irn/multiscale.py) with
+  ``--split-channels`` and the normal prior; ``multiscale+learned`` with the learned prior. The
+  column "vs IRN" is the paired ratio to the same configuration without these tokens
+  (``amp+multiscale`` against ``amp``), when that one is in the run.
   Tokens combine: ``amp+memsave``, ``baseline+amp`` (the authors' code under autocast), ...
 
 Method. Speed: every configuration gets its own model (same weights) and optimiser in this
@@ -74,7 +78,7 @@ from irn.model import IRN, IRNConfig  # noqa: E402
 
 __all__ = ["main", "parse_config", "build", "count_flops"]
 
-TOKENS = ("baseline", "fp32", "amp", "memsave", "nchw", "compile")
+TOKENS = ("baseline", "fp32", "amp", "memsave", "nchw", "compile", "multiscale", "learned")
 DEFAULT_CONFIGS = "baseline,fp32,amp,memsave,amp+memsave,baseline+amp"
 
 
@@ -87,20 +91,48 @@ def parse_config(name: str) -> dict[str, bool]:
     if bad:
         raise ValueError(f"unknown token(s) {bad} in {name!r}; known: {', '.join(TOKENS)}")
     baseline = "baseline" in tokens
+    if "learned" in tokens and "multiscale" not in tokens:
+        raise ValueError(f"'learned' needs 'multiscale' in {name!r}")
     return {
         "amp": "amp" in tokens,
         "memory_saving": "memsave" in tokens,
         "channels_last": not baseline and "nchw" not in tokens,
         "fast": not baseline,
         "compile": "compile" in tokens,
+        "multiscale": "multiscale" in tokens,
+        "learned": "learned" in tokens,
     }
+
+
+def plain_counterpart(name: str) -> str | None:
+    """The configuration ``name`` without its multi-scale tokens (``fp32`` if nothing is left),
+    or None when ``name`` is not multi-scale."""
+    tokens = [t for t in name.strip().split("+") if t]
+    if "multiscale" not in tokens:
+        return None
+    rest = [t for t in tokens if t not in ("multiscale", "learned")]
+    return "+".join(rest) if rest else "fp32"
+
+
+def model_config(args: argparse.Namespace, opts: dict[str, bool]) -> IRNConfig:
+    """The IRN of a configuration: the authors' or the multi-scale one."""
+    if not opts["multiscale"]:
+        return IRNConfig(scale=args.scale, blocks_per_level=args.blocks, gc=args.gc)
+    return IRNConfig(
+        scale=args.scale,
+        blocks_per_level=args.blocks,
+        gc=args.gc,
+        multiscale=True,
+        split_channels=args.split_channels,
+        split_prior="learned" if opts["learned"] else "normal",
+    )
 
 
 def build(args: argparse.Namespace, name: str, device: torch.device) -> dict[str, Any]:
     """Model, optimiser, scaler, data and the step closure of one configuration."""
     opts = parse_config(name)
     torch.manual_seed(args.seed)
-    model = IRN(IRNConfig(scale=args.scale, blocks_per_level=args.blocks, gc=args.gc))
+    model = IRN(model_config(args, opts))
     if args.checkpoint:
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"] if "model" in ckpt else ckpt)
@@ -251,6 +283,8 @@ def _shared_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--amp-init-scale", str(args.amp_init_scale)]
     if args.blocks is not None:
         argv += ["--blocks", str(args.blocks)]
+    if args.split_channels is not None:
+        argv += ["--split-channels", str(args.split_channels)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if args.checkpoint:
@@ -291,19 +325,70 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'config':<22}{'step s':>9}{'vs base':>9}{'vs fp32':>9}{'peak GiB':>10}"
-        f"{'vs base':>9}{'model GF/s':>12}{'exec GF/s':>11}"
+        f"{'config':<22}{'step s':>9}{'vs base':>9}{'vs fp32':>9}{'vs IRN':>8}{'peak GiB':>10}"
+        f"{'vs base':>9}{'GFLOP':>8}{'params M':>9}{'model GF/s':>12}{'exec GF/s':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['config']:<22}{_fmt(r['step_s'], '.3f'):>9}"
             f"{_fmt(r['speed_vs_baseline'], '.2f'):>9}"
-            f"{_fmt(r['speed_vs_fp32'], '.2f'):>9}{_fmt(r['peak_gib'], '.2f'):>10}"
-            f"{_fmt(r['memory_vs_baseline'], '.2f'):>9}{_fmt(r['model_gflops'], '.1f'):>12}"
+            f"{_fmt(r['speed_vs_fp32'], '.2f'):>9}{_fmt(r['speed_vs_irn'], '.2f'):>8}"
+            f"{_fmt(r['peak_gib'], '.2f'):>10}"
+            f"{_fmt(r['memory_vs_baseline'], '.2f'):>9}"
+            f"{_fmt(r['flops'] and r['flops'] / 1e9, '.1f'):>8}"
+            f"{_fmt(r['params'] / 1e6, '.3f'):>9}{_fmt(r['model_gflops'], '.1f'):>12}"
             f"{_fmt(r['exec_gflops'], '.1f'):>11}"
         )
     return "\n".join(lines)
+
+
+def result_rows(
+    args: argparse.Namespace,
+    configs: list[str],
+    times: dict[str, list[float]],
+    memory: dict[str, dict],
+    flops: dict[str, int],
+) -> list[dict[str, Any]]:
+    """One row per configuration: median step time, paired ratios, peak memory, FLOPs."""
+    step_s = {c: statistics.median(t) for c, t in times.items() if t}
+    base_flops = flops.get("baseline")
+    rows = []
+    for c in configs:
+        s = step_s.get(c)
+        peak = memory.get(c, {}).get("peak_mib")
+        rows.append(
+            {
+                "config": c,
+                "step_s": s,
+                "speed_vs_baseline": _paired(times, c, "baseline"),
+                "speed_vs_fp32": _paired(times, c, "fp32"),
+                "speed_vs_irn": _paired(times, c, plain_counterpart(c) or c)
+                if plain_counterpart(c)
+                else None,
+                "params": sum(
+                    q.numel() for q in IRN(model_config(args, parse_config(c))).parameters()
+                ),
+                "medians_vs_baseline": s / step_s["baseline"]
+                if s and "baseline" in step_s
+                else None,
+                "peak_gib": peak / 1024 if peak else None,
+                "memory_vs_baseline": (
+                    peak / memory["baseline"]["peak_mib"]
+                    if peak and "baseline" in memory
+                    else None
+                ),
+                "memory_vs_irn": (
+                    peak / memory[plain_counterpart(c)]["peak_mib"]
+                    if peak and plain_counterpart(c) in memory
+                    else None
+                ),
+                "flops": flops.get(c),
+                "model_gflops": base_flops / s / 1e9 if base_flops and s else None,
+                "exec_gflops": flops[c] / s / 1e9 if c in flops and s else None,
+            }
+        )
+    return rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -317,6 +402,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--patch-size", type=int, default=96, help="HR patch side.")
     p.add_argument("--blocks", type=int, default=None, help="Couplings per level (none: 8).")
     p.add_argument("--gc", type=int, default=32, help="Dense-block growth channels.")
+    p.add_argument(
+        "--split-channels",
+        type=int,
+        default=None,
+        help="Channels leaving after each level in the multiscale configurations (none: half).",
+    )
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help="Configurations to compare.")
     p.add_argument("--warmup", type=int, default=1, help="Untimed steps per configuration.")
     p.add_argument("--rounds", type=int, default=3, help="Timed steps per configuration.")
@@ -387,32 +478,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flops = {} if args.skip_flops else {c: count_flops(args, c, device) for c in configs}
     load_end = _loadavg()
 
-    step_s = {c: statistics.median(t) for c, t in times.items() if t}
-    base_flops = flops.get("baseline")
-    rows = []
-    for c in configs:
-        s = step_s.get(c)
-        peak = memory.get(c, {}).get("peak_mib")
-        rows.append(
-            {
-                "config": c,
-                "step_s": s,
-                "speed_vs_baseline": _paired(times, c, "baseline"),
-                "speed_vs_fp32": _paired(times, c, "fp32"),
-                "medians_vs_baseline": s / step_s["baseline"]
-                if s and "baseline" in step_s
-                else None,
-                "peak_gib": peak / 1024 if peak else None,
-                "memory_vs_baseline": (
-                    peak / memory["baseline"]["peak_mib"]
-                    if peak and "baseline" in memory
-                    else None
-                ),
-                "flops": flops.get(c),
-                "model_gflops": base_flops / s / 1e9 if base_flops and s else None,
-                "exec_gflops": flops[c] / s / 1e9 if c in flops and s else None,
-            }
-        )
+    rows = result_rows(args, configs, times, memory, flops)
     text = table(rows)
     print()
     print(text)

@@ -39,17 +39,18 @@ def _event_dir(run: Path) -> Path:
     raise SystemExit(f"{run}: no TensorBoard events in {run}/tb or {run} (a train_irn.py --out?)")
 
 
-def read_curve(run: str | Path) -> dict[int, tuple[float, float]]:
-    """``{step: (psnr_y, ssim_y)}`` of a run's validations (the last value logged per step, so
-    a resumed run that validated a step twice counts once)."""
+def read_curve(run: str | Path, metric: str = "psnr_y") -> dict[int, tuple[float, float]]:
+    """``{step: (metric, ssim_y)}`` of a run's validations, ``metric`` = ``psnr_y`` (default),
+    ``ssim_y``, ``lr_psnr_y``, ... (the ``val/`` scalar; the last value logged per step, so a
+    resumed run that validated a step twice counts once)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(_event_dir(Path(run))), size_guidance={"scalars": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    if "val/psnr_y" not in tags:
-        raise SystemExit(f"{run}: no validation in its events (val/psnr_y missing)")
-    psnr = {e.step: e.value for e in acc.Scalars("val/psnr_y")}
+    if f"val/{metric}" not in tags:
+        raise SystemExit(f"{run}: no validation in its events (val/{metric} missing)")
+    psnr = {e.step: e.value for e in acc.Scalars(f"val/{metric}")}
     ssim = {e.step: e.value for e in acc.Scalars("val/ssim_y")} if "val/ssim_y" in tags else {}
     return {s: (psnr[s], ssim.get(s, math.nan)) for s in sorted(psnr)}
 
@@ -209,6 +210,24 @@ def _parse_reference(text: str) -> list[float]:
         ) from None
 
 
+def _print_pairs(res: dict, f: str) -> None:
+    """The paired differences of :func:`summarise`, per pair and as mean / standard error."""
+    pr = res["pairs"]
+    print()
+    for (a, b), d in pr["diffs"].items():
+        print(f"{b} - {a}: " + ", ".join(f"{s}: {v:+{f}}" for s, v in d.items()))
+    for s in res["steps"]:
+        at = [d[s] for d in pr["diffs"].values() if s in d]
+        if len(at) > 1:
+            mean, sd = _mean_sd(at)
+            print(f"mean difference at {s}: {mean:+.4f}, standard error "
+                  f"{sd / math.sqrt(len(at)):.4f} ({len(at)} pairs)")  # fmt: skip
+    print(
+        f"mean difference at {pr['last_step']} over {pr['n']} pair(s): {pr['mean']:+.3f} dB"
+        + (f", standard error {pr['se']:.3f} dB" if pr["n"] > 1 else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -222,24 +241,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--plot", help="write the curves as a PNG chart to this file")
     p.add_argument("--bicubic", type=float, help="bicubic PSNR-Y, drawn as a level in --plot")
     p.add_argument("--title", default="validation PSNR-Y", help="title of --plot")
+    p.add_argument(
+        "--metric",
+        default="psnr_y",
+        help="validation scalar to summarise: psnr_y, ssim_y, lr_psnr_y, psnr_rgb, ...",
+    )
     args = p.parse_args(argv)
     names = list(dict.fromkeys([*args.runs, *(r for pair in args.pair for r in pair)]))
     if not names:
         p.error("give at least one run folder")
-    curves = {n: read_curve(n) for n in names}
+    curves = {n: read_curve(n, args.metric) for n in names}
     grouped = {n: curves[n] for n in (args.runs or names)}
     res = summarise(curves, args.reference, args.pair, list(grouped))
+    f = ".4f" if "ssim" in args.metric else ".2f"  # digits of the printed values
     steps = res["steps"]
     print("| run | " + " | ".join(map(str, steps)) + " |")
     print("|---" * (len(steps) + 1) + "|")
     for n, c in grouped.items():
-        print(f"| {n} | " + " | ".join(f"{c[s][0]:.2f} / {c[s][1]:.4f}" for s in steps) + " |")
+        print(f"| {n} | " + " | ".join(f"{c[s][0]:{f}} / {c[s][1]:.4f}" for s in steps) + " |")
     st = res["stats"]
     k = len(grouped)
-    print(f"| mean of {k} | " + " | ".join(f"{st[s]['mean']:.2f}" for s in steps) + " |")
+    print(f"| mean of {k} | " + " | ".join(f"{st[s]['mean']:{f}}" for s in steps) + " |")
     if k > 1:
-        print("| sd | " + " | ".join(f"{st[s]['sd']:.2f}" for s in steps) + " |")
-        ranges = [f"{st[s]['min']:.2f}-{st[s]['max']:.2f}" for s in steps]
+        print("| sd | " + " | ".join(f"{st[s]['sd']:{f}}" for s in steps) + " |")
+        ranges = [f"{st[s]['min']:{f}}-{st[s]['max']:{f}}" for s in steps]
         print("| range | " + " | ".join(ranges) + " |")
     if "reference" in res:
         ref = res["reference"]
@@ -253,14 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
             + " |"
         )
     if "pairs" in res:
-        pr = res["pairs"]
-        print()
-        for (a, b), d in pr["diffs"].items():
-            print(f"{b} - {a}: " + ", ".join(f"{s}: {v:+.2f}" for s, v in d.items()))
-        print(
-            f"mean difference at {pr['last_step']} over {pr['n']} pair(s): {pr['mean']:+.3f} dB"
-            + (f", standard error {pr['se']:.3f} dB" if pr["n"] > 1 else "")
-        )
+        _print_pairs(res, f)
     if args.plot:
         # a pair's second run: dashed, in the colour of its first
         partner = {b: a for a, b in args.pair if b not in grouped}

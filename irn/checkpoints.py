@@ -213,6 +213,11 @@ def to_authors_state_dict(model: IRN) -> OrderedDict[str, torch.Tensor]:
             "to_authors_state_dict: this model has ActNorm layers (actnorm=True), which the "
             "authors' InvRescaleNet does not have"
         )
+    if cfg.multiscale:
+        raise ValueError(
+            "to_authors_state_dict: this is a multi-scale IRN (multiscale=True), which the "
+            "authors' InvRescaleNet does not have"
+        )
     if cfg.clamp != 1.0 or cfg.clamp_tightness != 1.0:
         raise ValueError(
             f"to_authors_state_dict: the authors' code fixes clamp=1 and clamp_tightness=1, "

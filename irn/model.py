@@ -32,6 +32,7 @@ from common.haar import HaarDownsampling
 from common.quantize import quantize_ste
 from common.sequential import FlowSequential
 from common.subnets import dense_block
+from irn.multiscale import check_multiscale, multiscale_layers
 
 __all__ = ["IRNConfig", "IRN"]
 
@@ -129,6 +130,30 @@ class IRNConfig:
         },
     )
 
+    multiscale: bool = field(
+        default=False,
+        metadata={
+            "help": "Multi-scale IRN (irn/multiscale.py, docs/multiscale.md): after each level "
+            "but the last, --split-channels high-frequency channels leave the flow as a latent "
+            "part (RealNVP/Glow's split); later levels transform the rest. x4 and x8 only."
+        },
+    )
+    split_channels: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --multiscale: channels leaving after each level; none = half of the "
+            "level's channels (Glow)."
+        },
+    )
+    split_prior: Literal["normal", "learned"] | None = field(
+        default=None,
+        metadata={
+            "help": "With --multiscale: prior of the parts that leave early, 'normal' (N(0, I); "
+            "the default) or 'learned' (Glow's conditional Gaussian given the channels that "
+            "stay)."
+        },
+    )
+
     def __post_init__(self) -> None:
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
@@ -150,6 +175,9 @@ class IRNConfig:
             raise ValueError(
                 f"IRNConfig: in_channels must be an int >= 1, got {self.in_channels!r}"
             )
+        if self.multiscale and self.split_prior is None:
+            self.split_prior = "normal"
+        check_multiscale(self)
 
     @property
     def levels(self) -> int:
@@ -161,6 +189,34 @@ def _subnet_constructor(cfg: IRNConfig) -> SubnetConstructor:
     if cfg.subnet == "dbnet":
         return dense_block(gc=cfg.gc, init=cfg.init)
     raise ValueError(f"IRNConfig: unknown subnet {cfg.subnet!r}")  # pragma: no cover
+
+
+def _irn_layers(cfg: IRNConfig, subnet: SubnetConstructor) -> list[nn.Module]:
+    """The authors' layers: per level a Haar step (or x3's ConvDownsampling) and
+    ``blocks_per_level`` couplings on every channel (IRN sec. 3.2)."""
+    split = cfg.in_channels
+    channels = cfg.in_channels
+    layers: list[nn.Module] = []
+    for _ in range(cfg.levels):
+        if cfg.scale == 3:
+            layers.append(ConvDownsampling(channels, factor=3))
+            channels *= 9
+        else:
+            layers.append(HaarDownsampling(channels))
+            channels *= 4
+        for _ in range(cfg.blocks_per_level):
+            layers.append(
+                EnhancedAffineCoupling(
+                    channels,
+                    split,
+                    subnet,
+                    clamp=cfg.clamp,
+                    clamp_tightness=cfg.clamp_tightness,
+                )
+            )
+            if cfg.actnorm:
+                layers.append(ActNorm(channels))
+    return layers
 
 
 class IRN(nn.Module):
@@ -180,6 +236,11 @@ class IRN(nn.Module):
     ``state_dict`` keys are the authors' ``operations.{i}.F.conv1.weight`` ... without their
     ``operations.{i}.haar_weights`` entries (our Haar transform is closed form; see
     :func:`to_authors_state_dict` / :func:`load_authors_checkpoint`).
+
+    ``IRNConfig(multiscale=True)`` (x4, x8) builds the multi-scale variant of
+    :mod:`irn.multiscale` instead: after each level but the last, ``split_channels`` channels
+    leave the flow (RealNVP/Glow's split) and later couplings act on the rest; ``y`` has the same
+    shape and meaning, so everything that takes an IRN takes it.
 
     ``IRNConfig(actnorm=True)`` (the dissertation's option, appendix A.1) adds a
     :class:`~common.actnorm.ActNorm` after every coupling; such a model has no authors' layout.
@@ -206,28 +267,7 @@ class IRN(nn.Module):
             raise ValueError(f"IRN: config must be an IRNConfig, got {type(cfg).__name__}")
         self.config = cfg
         subnet = _subnet_constructor(cfg)
-        split = cfg.in_channels
-        channels = cfg.in_channels
-        layers: list[nn.Module] = []
-        for _ in range(cfg.levels):
-            if cfg.scale == 3:
-                layers.append(ConvDownsampling(channels, factor=3))
-                channels *= 9
-            else:
-                layers.append(HaarDownsampling(channels))
-                channels *= 4
-            for _ in range(cfg.blocks_per_level):
-                layers.append(
-                    EnhancedAffineCoupling(
-                        channels,
-                        split,
-                        subnet,
-                        clamp=cfg.clamp,
-                        clamp_tightness=cfg.clamp_tightness,
-                    )
-                )
-                if cfg.actnorm:
-                    layers.append(ActNorm(channels))
+        layers = multiscale_layers(cfg, subnet) if cfg.multiscale else _irn_layers(cfg, subnet)
         self.operations = FlowSequential(*layers, memory_saving=memory_saving)
 
     @property

@@ -814,9 +814,14 @@ def restore_run(run: IRNRun, path: Path, ckpt: dict) -> None:
         )
     stored = config_from_dict(type(run.model_cfg), ckpt["config"]["model"])
     if stored != run.model_cfg:
+        diffs = [
+            f"{name}: checkpoint {getattr(stored, name)!r}, flags {getattr(run.model_cfg, name)!r}"
+            for name in run.model_cfg.__dataclass_fields__
+            if getattr(stored, name) != getattr(run.model_cfg, name)
+        ]
         raise SystemExit(
-            f"--resume {path}: the checkpoint's model {stored} differs from the flags' "
-            f"{run.model_cfg}; pass the same model flags"
+            f"--resume {path}: the checkpoint's model differs from the flags' "
+            f"({'; '.join(diffs)}); pass the same model flags"
         )
     extra = restore_state(run, ckpt, path)
     run.cfg, lines = reconcile_resume_flags(run.cfg, ckpt["config"], str(path))

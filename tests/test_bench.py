@@ -22,6 +22,8 @@ def test_parse_config():
         "channels_last": False,
         "fast": False,
         "compile": False,
+        "multiscale": False,
+        "learned": False,
     }
     opts = bench_irn.parse_config("amp+memsave")
     assert opts["amp"] and opts["memory_saving"] and opts["channels_last"] and opts["fast"]

@@ -77,14 +77,15 @@ def test_step_noise_rows_are_this_ranks_rows_of_the_global_draw():
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--micro-batch", "1"], ["--init-weights"]],
-    ids=["whole", "micro-batch", "init-weights"],
+    [[], ["--micro-batch", "1"], ["--init-weights"], ["--multiscale", "--split-prior", "learned"]],
+    ids=["whole", "micro-batch", "init-weights", "multiscale"],
 )
 def test_two_processes_equal_one_and_resume(tmp_path, extra):
     """With ``--micro-batch 1`` each rank accumulates its 2 rows in 2 chunks (the first under
     ``no_sync``): still the single-process, unchunked run. With ``--init-weights`` (read by rank
     0 and broadcast) both runs fine-tune the same 1-iteration checkpoint."""
     train_dir, _ = tiny_images(tmp_path)
+    model_flags = extra if "--multiscale" in extra else []  # the single run's architecture
     init: list[str] = []  # the single-process run is unchunked, with the same initial weights
     if extra == ["--init-weights"]:
         train_irn.main(
@@ -115,9 +116,8 @@ def test_two_processes_equal_one_and_resume(tmp_path, extra):
         assert all(torch.equal(s0[k], s1[k]) for k in s0), "ranks diverged"
         assert ranks[0][run]["history"] == ranks[1][run]["history"]  # global losses everywhere
 
-    single = train_irn.main(
-        [*TINY, *init, "--data", str(train_dir), "--out", str(tmp_path / "one"), "--iters", "4"]
-    )
+    one = ["--data", str(train_dir), "--out", str(tmp_path / "one"), "--iters", "4"]
+    single = train_irn.main([*TINY, *init, *model_flags, *one])
     assert single["world_size"] == 1
     ref = single["model"].state_dict()
     ddp = ranks[0][1]["state"]
