@@ -251,8 +251,12 @@ def multiscale_layers(cfg: Any, subnet: SubnetConstructor) -> list[nn.Module]:
 
 
 def learned_prior(model: nn.Module) -> SplitPrior | None:
-    """The learned split prior ending ``model``'s flow, or None (plain IRN, normal prior)."""
-    last = model.operations[-1] if len(model.operations) else None
+    """The learned split prior ending ``model``'s flow, or None (plain IRN, normal prior, or a
+    flow that is not a sequence of our layers, such as the FrEIA-built IRN of the benchmarks)."""
+    ops = getattr(model, "operations", None)
+    if not hasattr(ops, "__len__") or len(ops) == 0:
+        return None
+    last = ops[-1]
     return last if isinstance(last, SplitPrior) else None
 
 
