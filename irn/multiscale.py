@@ -34,6 +34,12 @@ Priors of the parked parts (``split_prior``):
   ``sum eps^2 + 2 sum log sigma`` for the parked part: :func:`latent_logscale_penalty` gives the
   second term, which training adds (without it ``sigma`` would grow without bound).
 
+  Caveat (docs/multiscale.md): unlike Glow's likelihood, IRN's objective has no log-determinant
+  of the rest of the flow, so nothing stops the network from making the parked part a
+  deterministic function of ``h``; then ``sigma -> 0`` and ``sum eps^2 + 2 sum log sigma`` is
+  unbounded below. A bounded ``log sigma`` (a soft clamp, as the couplings') or the flow's
+  log-determinant in the loss would remove this; neither is implemented.
+
   The conditioner sees the channels that stay *at the end* of the flow rather than at the split
   point (Glow's ``split2d``): they are an invertible function of the latter, so the same
   information, and the penalty is then a function of the output ``y`` alone (one 3x3 conv at
