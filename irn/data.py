@@ -117,11 +117,12 @@ def _skimage_photo(name: str) -> np.ndarray:
     return (img[..., :3].astype(np.float32) / 255.0).astype(np.float32)
 
 
-def sample_photos(split: str, collection: str = "broad") -> list[NamedImage]:
+def sample_photos(split: str, collection: str = "classic") -> list[NamedImage]:
     """The photos bundled with the dependencies: ``"train"`` or ``"val"`` of ``collection``.
 
     ``"classic"``: six scikit-image photos for training, chelsea and the right view of
-    ``stereo_motorcycle`` for validation (issue 6's reference run). ``"broad"`` (default): those,
+    ``stereo_motorcycle`` for validation (issue 6's reference run; the default here, and
+    evaluate.py's built-in set). ``"broad"`` (training's default, ``--sample-set``): those,
     plus scikit-image's colour wheel and scikit-learn's flower for training and its china for
     validation (three images, three colour families: browns, greys and reds, blue and green).
     """

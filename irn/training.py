@@ -83,6 +83,7 @@ from irn.data import (
     sample_photos,
 )
 from irn.losses import LOSS_KINDS
+from irn.ood import training_reference
 
 LossKind = Literal["l1", "l2", "charbonnier"]
 assert set(LossKind.__args__) == set(LOSS_KINDS)  # type: ignore[attr-defined]
@@ -492,6 +493,7 @@ class IRNRun(TrainState):
     val_history: list[dict[str, float]] = field(default_factory=list)
     step_ok: bool = True
     t_last: float = 0.0  # when the iterations-per-second clock last started
+    forward_stats: dict = field(default_factory=dict)  # irn/ood.py, stored by the final save
     steps_since: int = 0  # optimiser steps since then
 
     @property
@@ -643,6 +645,8 @@ def save_run(run: IRNRun, path: Path, kind: str) -> None:
         "jpeg_gen": pack_np_state(run.jpeg_gen.bit_generator.state),
         "kind": kind,
     }
+    if run.forward_stats:
+        extra["forward_stats"] = run.forward_stats
     save_state(path, run, run.config_dict(), extra, good=kind != "best")
 
 
@@ -883,6 +887,8 @@ def train(
         run.tb.close()
         raise SystemExit(f"Training stopped: {err}") from None
     run.progress.close()
+    if task.name == "rescale" and not interrupted and run.main_process:
+        run.forward_stats = training_reference(run.model, run.train_items)
     save_run(run, run.out_dir / LAST_NAME, "interrupted" if interrupted else "last")
     run.tb.flush()
     run.tb.close()
