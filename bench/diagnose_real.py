@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", default=str(HELDOUT_ROOT), help="Folder of the wallpapers.")
     p.add_argument("--colours", action="store_true", help="Also print the colour coverage.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    p.add_argument("--photos", nargs="*", default=None, help="Only these photos (short names).")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoint:
         model, _ = load_irn(args.checkpoint)
         val = [(i.name, i.load()) for i in sample_photos("val", "broad")]
-        print(diagnose(model, heldout_photos(Path(args.root)) + val), flush=True)
+        photos = heldout_photos(Path(args.root)) + val
+        if args.photos:
+            photos = [(n, hr) for n, hr in photos if n in args.photos]
+        print(diagnose(model, photos), flush=True)
 
 
 if __name__ == "__main__":

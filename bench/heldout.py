@@ -29,9 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.checkpoint import load_checkpoint  # noqa: E402
 from common.images import decode_image, to_float01  # noqa: E402
 from irn.checkpoints import load_irn  # noqa: E402
+from irn.data import sample_photos  # noqa: E402
 from irn.evaluation import bicubic_baseline, evaluate_rescaling  # noqa: E402
+from irn.ood import check_image, training_reference  # noqa: E402
 
 HELDOUT_ROOT = Path("/usr/share/backgrounds")
 INSTALL = "sudo apt-get install -y lomiri-wallpapers"
@@ -75,10 +78,25 @@ def heldout_photos(root: Path = HELDOUT_ROOT, crop: int = CROP) -> list[tuple[st
     ]
 
 
-def measure(model: torch.nn.Module, photos, temperature: float, draws: int, amp: bool) -> list:
-    """Per photo: IRN's and bicubic's PSNR-Y (dB) and their difference."""
+def reference_for(ckpt: str, info: dict, model: torch.nn.Module) -> dict:
+    """The checkpoint's stored forward statistics, or (older checkpoints) those of the built-in
+    training photos of its ``--sample-set`` computed now."""
+    if info.get("forward_stats"):
+        return info["forward_stats"]
+    config = load_checkpoint(ckpt).get("config", {})
+    if config.get("data") is not None:
+        return {}
+    sample_set = config.get("sample_set", "classic")
+    return training_reference(model, sample_photos("train", sample_set))
+
+
+def measure(
+    model: torch.nn.Module, photos, temperature: float, draws: int, amp: bool, reference: dict
+) -> list:
+    """Per photo: IRN's and bicubic's PSNR-Y (dB), their difference and the OOD warning."""
     rows = []
     for name, hr in photos:
+        stats, warning = check_image(model, hr, name, {"forward_stats": reference})
         irn = evaluate_rescaling(model, hr, draws=draws, temperature=temperature, amp=amp)
         bic = bicubic_baseline(hr, int(model.scale))
         rows.append(
@@ -88,6 +106,8 @@ def measure(model: torch.nn.Module, photos, temperature: float, draws: int, amp:
                 "bicubic": bic["psnr_y"],
                 "diff": irn["psnr_y"] - bic["psnr_y"],
                 "lr_psnr_y": irn["lr_psnr_y"],
+                **stats,
+                "warned": warning is not None,
             }
         )
     return rows
@@ -104,12 +124,13 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def table(label: str, rows: list[dict], summary: dict) -> str:
-    lines = [f"## {label}", "", "| photo | IRN PSNR-Y | bicubic | IRN - bicubic | LR' PSNR-Y |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    head = "| photo | IRN PSNR-Y | bicubic | IRN - bicubic | LR' PSNR-Y | z rms | LR' rmse | clip "
+    lines = [f"## {label}", "", head + "| warned |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['photo']} | {r['irn']:.2f} | {r['bicubic']:.2f} | {r['diff']:+.2f} | "
-            f"{r['lr_psnr_y']:.2f} |"
+            f"{r['lr_psnr_y']:.2f} | {r['z_rms']:.3f} | {r['lr_rmse']:.2f} | "
+            f"{100 * r['clip']:.2f}% | {'yes' if r['warned'] else 'no'} |"
         )
     lines += [
         "",
@@ -152,8 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
         write_crops(photos, Path(args.write_dir))
     results = {}
     for ckpt in args.checkpoint:
-        model, _ = load_irn(ckpt)
-        rows = measure(model, photos, args.temperature, args.draws, args.amp)
+        model, info = load_irn(ckpt)
+        reference = reference_for(ckpt, info, model)
+        rows = measure(model, photos, args.temperature, args.draws, args.amp, reference)
         summary = summarise(rows)
         print(table(f"{ckpt} (temperature {args.temperature:g})", rows, summary), flush=True)
         results[ckpt] = {"rows": rows, "summary": summary, "temperature": args.temperature}
