@@ -79,19 +79,8 @@ class IRNTrainConfig(TrainConfig):
         },
     )
 
-    lr_noise: float = field(
-        default=0.0,
-        metadata={
-            "help": "Add Gaussian noise of this std, in 8-bit levels, to the quantised LR' "
-            "before upscaling in training (robustness of the inverse to small changes of the "
-            "stored LR, docs/real_photos.md); 0 = off (the authors')."
-        },
-    )
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.lr_noise < 0:
-            raise ConfigError(f"must be >= 0, got {self.lr_noise}", field="lr_noise")
         if not 0.0 <= self.y_channel_usage <= 1.0:
             raise ConfigError(
                 f"must be in [0, 1], got {self.y_channel_usage}", field="y_channel_usage"
@@ -187,8 +176,6 @@ def compute_losses(
     if noise.qualities is not None:
         lr_q = jpeg_ste(lr_q, noise.qualities)
     lr_in = lr_ref if cfg.sr_mode else lr_q
-    if noise.lr is not None:
-        lr_in = lr_in + noise.lr.to(lr_in.dtype)
     z_up = torch.zeros_like(z) if noise.z is None else noise.z
     with autocast_context(device, amp):
         x_rec, _ = unwrap(model).inverse(torch.cat([lr_in, z_up], dim=1))

@@ -360,12 +360,11 @@ class StepNoise:
 
     z: torch.Tensor | None
     qualities: list[int] | None = None
-    lr: torch.Tensor | None = None  # added to the quantised LR' (--lr-noise; None: off)
 
     def rows(self, rows: slice) -> StepNoise:
         z = None if self.z is None else self.z[rows]
         q = None if self.qualities is None else self.qualities[rows]
-        return StepNoise(z, q, None if self.lr is None else self.lr[rows])
+        return StepNoise(z, q)
 
 
 def draw_noise(
@@ -388,12 +387,7 @@ def draw_noise(
         assert jpeg_gen is not None, "a JPEG quality range needs its generator"
         lo, hi = quality_range
         qualities = [int(jpeg_gen.integers(lo, hi + 1)) for _ in range(z_shape[0])]
-    lr = None
-    if getattr(cfg, "lr_noise", 0.0) > 0:  # N(0, (levels/255)^2) on the 3 LR channels
-        lr_shape = (z_shape[0], 3, *z_shape[2:])
-        lr = torch.randn(lr_shape, generator=z_gen, device=device, dtype=dtype)
-        lr = lr * (cfg.lr_noise / 255.0)
-    return StepNoise(z, qualities, lr)
+    return StepNoise(z, qualities)
 
 
 def loss_weights(
