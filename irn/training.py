@@ -128,8 +128,9 @@ class TrainConfig:
         default="auto",
         metadata={
             "help": "Colour augmentation of the training patches (channel permutation, hue and "
-            "saturation jitter, brightness; irn/data.py ColorAugment): auto = on for the "
-            "built-in photos, off with --data (the paper's flips and rotations only)."
+            "saturation jitter, brightness; irn/data.py ColorAugment): auto = on for IRN "
+            "rescaling on the built-in photos, off with --data (the paper's flips and "
+            "rotations only) and for IRN-Color."
         },
     )
     iters: int = field(default=500_000, metadata={"help": "Training iterations (paper: 500k)."})
@@ -817,7 +818,8 @@ def prepare_loop(run: IRNRun) -> torch.utils.data.DataLoader:
             f"--micro-batch {run.micro} must divide the per-process batch {sampler.local_batch} "
             f"(--batch-size {cfg.batch_size} over {run.world} processes)"
         )
-    color = cfg.color_augment == "on" or (cfg.color_augment == "auto" and cfg.data is None)
+    auto = cfg.data is None and run.task.name == "rescale"  # built-in photos, IRN rescaling
+    color = cfg.color_augment == "on" or (cfg.color_augment == "auto" and auto)
     dataset = PatchDataset(
         run.train_items, cfg.patch_size, run.task.scale, seed=cfg.seed,
         color=ColorAugment() if color else None,
