@@ -152,6 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
     p.add_argument("--json", default=None, help="Write the per-photo rows to this file.")
     p.add_argument("--write-dir", default=None, help="Write the crops as PNG into this folder.")
+    p.add_argument("--photos", nargs="*", default=None, help="Only these photos (short names).")
     return p.parse_args(argv)
 
 
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     photos = heldout_photos(Path(args.root))
+    if args.photos:
+        photos = [(n, hr) for n, hr in photos if n in args.photos]
     if args.write_dir:
         write_crops(photos, Path(args.write_dir))
     results = {}
