@@ -5,8 +5,9 @@ used for training: one command gets them (into /usr/share/backgrounds)::
 
     sudo apt-get install -y lomiri-wallpapers
 
-The set is the 13 photographs among them (the six renders and graphics are left out), each
-cut to its centre 512x512 crop, fixed so every checkpoint is measured on the same pixels::
+The set is the 13 photographs among them (six renders and graphics and the composited
+Infinite-Sea are left out), each cut to its centre 512x512 crop, fixed so every checkpoint is
+measured on the same pixels::
 
     python bench/heldout.py --checkpoint runs/irn_x4/last.pt --threads 1
     python bench/heldout.py --checkpoint a.pt b.pt --temperature 0 --json heldout.json
