@@ -71,7 +71,8 @@ def crops(hr: np.ndarray, scale: int, size: int = CROP) -> list[np.ndarray]:
 def _crop_stats(model: torch.nn.Module, crop: np.ndarray) -> dict[str, float]:
     scale = int(model.scale)
     device = next(model.parameters()).device
-    x = torch.from_numpy(crop.astype(np.float32).transpose(2, 0, 1))[None].to(device)
+    x = torch.from_numpy(np.ascontiguousarray(crop.astype(np.float32).transpose(2, 0, 1)))
+    x = x[None].to(device)  # NCHW in memory too, whatever the model's layout option
     y, _ = model(x)
     lr, z = y[0, :3].float().cpu().numpy(), y[0, 3:].float()
     bic = bicubic_resize(crop.astype(np.float64), scale, up=False).transpose(2, 0, 1)
