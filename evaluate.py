@@ -52,6 +52,7 @@ from irn import cli, eval_io, limits
 from irn.data import NamedImage
 from irn.evaluation import HR_KEYS, LR_KEYS, bicubic_baseline, evaluate_rescaling, mean_metrics
 from irn.figures import save_outputs
+from irn.ood import check_image
 
 PROTOCOL = (
     "IRN (Xiao et al., ECCV 2020) sec. 4: modcrop; Y = BT.601; HR crop_border = scale; LR vs "
@@ -439,6 +440,10 @@ def evaluate_image(
             bar.close()
             cli.fail(parser, message)
     row = evaluate_one(parser, run, hr, bar, item.name)
+    if run.model is not None:  # is the image like the training images? (irn/ood.py)
+        row["forward_stats"], warning = check_image(run.model, hr, item.name, run.info)
+        if warning:
+            bar.write(warning)
     row = {
         "name": item.name,
         "path": str(item.path) if item.path else None,

@@ -53,6 +53,7 @@ from common.metrics import quantize_to_uint8
 from common.outputs import OutputError, check_dir, check_file, check_not_input, clean_stale_temps
 from common.runtime import describe_amp
 from irn import cli, limits
+from irn.ood import check_image
 from irn.tiling import downscale_tiled, pad_to_multiple, sample_z, upscale_tiled
 
 SIZE_KEY = "irn:original-size"
@@ -221,6 +222,9 @@ def downscale_file(run: Rescaler, src: Path, dst: Path) -> str:
     lr = downscale_tiled(run.model, x, tile, cfg.tile_overlap, amp, cli.tile_progress("LR"))
     lr_u8 = quantize_to_uint8(lr[0]).permute(1, 2, 0).cpu().numpy()
     write_lr_png(dst, lr_u8, (h, w), s)
+    warning = check_image(run.model, padded, str(src), run.info)[1]  # irn/ood.py
+    if warning:
+        print(warning, flush=True)
     return (
         f"wrote {dst}: {lr_u8.shape[1]}x{lr_u8.shape[0]} LR of {w}x{h} (x{s}, "
         f"{run.info['kind']} checkpoint, {cli.tile_note(tile, hw, s, cfg.tile_overlap)}) in "

@@ -26,8 +26,27 @@ import train_irn  # noqa: E402
 import train_irn_color  # noqa: E402
 from common.atomic import atomic_write_json
 
-COMMON = ["--iters", "20", "--batch-size", "4", "--patch-size", "32", "--val-every", "1000",
-          "--save-every", "1000", "--no-tensorboard", "--seed", "3", "--threads", "1"]  # fmt: skip
+COMMON = [
+    "--iters",
+    "20",
+    "--batch-size",
+    "4",
+    "--patch-size",
+    "32",
+    "--val-every",
+    "1000",
+    "--save-every",
+    "1000",
+    "--no-tensorboard",
+    "--seed",
+    "3",
+    "--threads",
+    "1",
+    "--sample-set",
+    "classic",
+    "--color-augment",
+    "off",
+]  # the recording's data; fmt: skip
 CASES = {
     "irn": (train_irn.main, []),
     "irn_micro_jpeg": (train_irn.main, ["--micro-batch", "2", "--jpeg-quality-range", "70", "95"]),

@@ -121,6 +121,8 @@ def _load_ours(obj: Mapping[str, Any], name: str, map_location: Any) -> tuple[IR
         "kind": "ours",
         "step": int(step) if isinstance(step, int) else None,
         "config": _config_dict(cfg),
+        # what the forward pass gave on the training images (irn/ood.py); {} in older files
+        "forward_stats": dict((obj.get("extra") or {}).get("forward_stats") or {}),
     }
     return model.eval(), info
 

@@ -47,6 +47,10 @@ __all__ = [
     "SAMPLE_TRAIN",
     "SAMPLE_VAL",
     "sample_photos",
+    "SAMPLE_COLLECTIONS",
+    "ColorAugment",
+    "color_matrix",
+    "apply_color",
     "load_folder",
     "bicubic_lr",
     "lr_patch_from_region",
@@ -67,6 +71,15 @@ SAMPLE_TRAIN = (
     "coffee",
 )
 SAMPLE_VAL = ("chelsea", "stereo_motorcycle_right")
+# "broad": every other colour photo the dependencies ship (scikit-learn's flower for training,
+# its china for validation) and scikit-image's colour wheel, the saturated hues the photos lack.
+SAMPLE_COLLECTIONS = {
+    "classic": {"train": SAMPLE_TRAIN, "val": SAMPLE_VAL},
+    "broad": {
+        "train": (*SAMPLE_TRAIN, "colorwheel", "sklearn:flower"),
+        "val": (*SAMPLE_VAL, "sklearn:china"),
+    },
+}
 
 
 @dataclass
@@ -98,6 +111,10 @@ def _skimage_photo(name: str) -> np.ndarray:
 
     if name == "stereo_motorcycle_right":
         img = skimage.data.stereo_motorcycle()[1]
+    elif name.startswith("sklearn:"):
+        from sklearn.datasets import load_sample_image
+
+        img = load_sample_image(name.split(":", 1)[1] + ".jpg")
     else:
         img = getattr(skimage.data, name)()
     img = np.asarray(img)
@@ -106,13 +123,28 @@ def _skimage_photo(name: str) -> np.ndarray:
     return (img[..., :3].astype(np.float32) / 255.0).astype(np.float32)
 
 
-def sample_photos(split: str) -> list[NamedImage]:
-    """The photos bundled with scikit-image: ``"train"`` (six) or ``"val"`` (chelsea and the right
-    view of ``stereo_motorcycle``), the split of issue 6's reference run."""
-    names = {"train": SAMPLE_TRAIN, "val": SAMPLE_VAL}.get(split)
+def sample_photos(split: str, collection: str = "classic") -> list[NamedImage]:
+    """The photos bundled with the dependencies: ``"train"`` or ``"val"`` of ``collection``.
+
+    ``"classic"``: six scikit-image photos for training, chelsea and the right view of
+    ``stereo_motorcycle`` for validation (issue 6's reference run; the default here, and
+    evaluate.py's built-in set). ``"broad"`` (training's default, ``--sample-set``): those,
+    plus scikit-image's colour wheel and scikit-learn's flower for training and its china for
+    validation (three images, three colour families: browns, greys and reds, blue and green).
+    """
+    if collection not in SAMPLE_COLLECTIONS:
+        raise ValueError(
+            f"sample_photos: collection must be one of {sorted(SAMPLE_COLLECTIONS)}, "
+            f"got {collection!r}"
+        )
+    names = SAMPLE_COLLECTIONS[collection].get(split)
     if names is None:
         raise ValueError(f"sample_photos: split must be 'train' or 'val', got {split!r}")
-    return [NamedImage(f"skimage:{n}", image=_skimage_photo(n)) for n in names]
+    return [NamedImage(_sample_name(n), image=_skimage_photo(n)) for n in names]
+
+
+def _sample_name(name: str) -> str:
+    return name if name.startswith("sklearn:") else f"skimage:{name}"
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -195,8 +227,75 @@ def augment(arrays: Sequence[np.ndarray], flags: tuple[bool, bool, bool]) -> lis
     return out
 
 
+def color_matrix(
+    perm: Sequence[int], hue: float, saturation: float, brightness: float
+) -> np.ndarray:
+    """The 3x3 matrix ``M`` of a colour change ``rgb' = M rgb``, composed of a channel
+    permutation ``P``, a hue rotation by ``hue`` radians about the grey axis ``g = (1,1,1)/sqrt3``
+    (Rodrigues: ``R = cos t I + sin t [g]x + (1 - cos t) g g^T``), a saturation factor ``s``
+    scaling the distance from grey, and a brightness factor ``b``:
+    ``M = b (G + s R (I - G)) P`` with ``G = g g^T`` the projection on grey.
+
+    ``M`` is linear, so it commutes with the (linear) bicubic downscale; the clip to [0, 1] that
+    follows it does not, which is why :class:`PatchDataset` applies it to the HR region before
+    computing the LR.
+    """
+    eye = np.eye(3)
+    p = eye[list(perm)]
+    g = np.full(3, 1.0 / np.sqrt(3.0))
+    grey = np.outer(g, g)
+    cross = np.array([[0.0, -g[2], g[1]], [g[2], 0.0, -g[0]], [-g[1], g[0], 0.0]])
+    rot = np.cos(hue) * eye + np.sin(hue) * cross + (1.0 - np.cos(hue)) * grey
+    return brightness * (grey + saturation * rot @ (eye - grey)) @ p
+
+
+def apply_color(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``clip(M rgb, 0, 1)`` for every pixel of an HWC float image (any patch or region)."""
+    out = image.astype(np.float32) @ matrix.T.astype(np.float32)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+@dataclass(frozen=True)
+class ColorAugment:
+    """Random colour changes for training patches (the built-in photos hold almost no saturated
+    greens or blues): with probability ``p`` a uniformly drawn channel permutation, a hue
+    rotation uniform in ``[-hue_deg, hue_deg]`` degrees, a saturation factor uniform in
+    ``saturation`` and a brightness factor uniform in ``brightness`` (:func:`color_matrix`)."""
+
+    p: float = 0.8
+    hue_deg: float = 60.0
+    saturation: tuple[float, float] = (0.5, 1.5)
+    brightness: tuple[float, float] = (0.6, 1.4)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray | None:
+        """A colour matrix from ``rng``, or ``None`` (no change) with probability ``1 - p``."""
+        if rng.random() >= self.p:
+            return None
+        perm = rng.permutation(3)
+        hue = np.deg2rad(rng.uniform(-self.hue_deg, self.hue_deg))
+        return color_matrix(
+            perm, hue, rng.uniform(*self.saturation), rng.uniform(*self.brightness)
+        )
+
+
 def _to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+def colored_patch(
+    img: np.ndarray, top: int, left: int, size: int, scale: int, matrix: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """HR patch and LR of the image recoloured by ``matrix`` (:func:`apply_color`), as if the
+    whole image had been recoloured first: the region the LR needs (the patch and its margin)
+    is recoloured, then cropped and downscaled as in :func:`lr_patch_from_region`."""
+    h, w = img.shape[:2]
+    m = LR_MARGIN * scale
+    r0, c0 = max(0, top - m), max(0, left - m)
+    r1, c1 = min(h, top + size + m), min(w, left + size + m)
+    region = apply_color(to_float01(img[r0:r1, c0:c1]), matrix)
+    t, lft = top - r0, left - c0
+    hr = region[t : t + size, lft : lft + size]
+    return hr, lr_patch_from_region(region, t, lft, size, scale)
 
 
 class PatchDataset(Dataset):
@@ -205,6 +304,7 @@ class PatchDataset(Dataset):
     ``dataset[k]`` is a dict ``{"hr": [3, P, P], "lr": [3, P/s, P/s]}`` (float32 in [0, 1]) fully
     determined by ``(seed, k)``: an epoch is a seeded permutation of the images (as the authors'
     shuffled loader), and the crop position and augmentation come from ``default_rng([seed, k])``.
+    ``color`` (a :class:`ColorAugment`) recolours the image before the crop (off: ``None``).
     """
 
     def __init__(
@@ -214,6 +314,7 @@ class PatchDataset(Dataset):
         scale: int,
         seed: int = 10,
         augment: bool = True,
+        color: ColorAugment | None = None,
     ) -> None:
         if patch_size % scale:
             raise ValueError(f"--patch-size {patch_size} must be a multiple of --scale {scale}")
@@ -221,6 +322,7 @@ class PatchDataset(Dataset):
         self.scale = scale
         self.seed = seed
         self.augment = augment
+        self.color = color
         kept, skipped = [], []
         for item in images:
             h, w = item.size[0] - item.size[0] % scale, item.size[1] - item.size[1] % scale
@@ -259,8 +361,12 @@ class PatchDataset(Dataset):
         s, p = self.scale, self.patch_size
         top = int(rng.integers(0, (img.shape[0] - p) // s + 1)) * s
         left = int(rng.integers(0, (img.shape[1] - p) // s + 1)) * s
-        hr = to_float01(img[top : top + p, left : left + p])
-        lr = lr_patch_from_region(img, top, left, p, s)
+        matrix = self.color.draw(rng) if self.color is not None else None
+        if matrix is not None:
+            hr, lr = colored_patch(img, top, left, p, s, matrix)
+        else:
+            hr = to_float01(img[top : top + p, left : left + p])
+            lr = lr_patch_from_region(img, top, left, p, s)
         if self.augment:
             flags = tuple(bool(b) for b in rng.integers(0, 2, size=3))
             hr, lr = augment([hr, lr], flags)

@@ -79,6 +79,7 @@ from common.training import (
 )
 from irn.checkpoints import read_init_weights
 from irn.data import (
+    ColorAugment,
     PatchDataset,
     StepSampler,
     describe,
@@ -89,6 +90,7 @@ from irn.data import (
 )
 from irn.limits import usable_validation_images
 from irn.losses import LOSS_KINDS
+from irn.ood import training_reference
 
 LossKind = Literal["l1", "l2", "charbonnier"]
 assert set(LossKind.__args__) == set(LOSS_KINDS)  # type: ignore[attr-defined]
@@ -119,6 +121,24 @@ class TrainConfig:
             "help": "Folder of HR validation images. none = the held-out sample photos "
             "(chelsea and the right view of stereo_motorcycle) when --data is none, else no "
             "validation."
+        },
+    )
+    sample_set: Literal["broad", "classic"] = field(
+        default="broad",
+        metadata={
+            "help": "Built-in photos used without --data: broad (the six scikit-image photos, "
+            "its colour wheel and scikit-learn's flower; validation chelsea, stereo_motorcycle's "
+            "right view and scikit-learn's china) or classic (the six photos; validation the "
+            "first two)."
+        },
+    )
+    color_augment: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata={
+            "help": "Colour augmentation of the training patches (channel permutation, hue and "
+            "saturation jitter, brightness; irn/data.py ColorAugment): auto = on for IRN "
+            "rescaling on the built-in photos, off with --data (the paper's flips and "
+            "rotations only) and for IRN-Color."
         },
     )
     iters: int = field(default=500_000, metadata={"help": "Training iterations (paper: 500k)."})
@@ -505,6 +525,7 @@ class IRNRun(TrainState):
     val_history: list[dict[str, float]] = field(default_factory=list)
     step_ok: bool = True
     t_last: float = 0.0  # when the iterations-per-second clock last started
+    forward_stats: dict = field(default_factory=dict)  # irn/ood.py, stored by the final save
     steps_since: int = 0  # optimiser steps since then
 
     @property
@@ -680,6 +701,8 @@ def save_run(run: IRNRun, path: Path, kind: str) -> None:
         "kind": kind,
         "scaler_skipped": run.scaler_skipped,
     }
+    if run.forward_stats:
+        extra["forward_stats"] = run.forward_stats
     save_state(path, run, run.config_dict(), extra, good=kind != "best")
 
 
@@ -702,14 +725,15 @@ def load_data(cfg: TrainConfig) -> tuple[list, list, str]:
     """``(training images, validation images, a sentence saying what they are)``; a missing
     folder or unreadable image fails here, before any work."""
     if cfg.data is None:
-        train = sample_photos("train")
+        train = sample_photos("train", cfg.sample_set)
+        val_names = ", ".join(i.name for i in sample_photos("val", cfg.sample_set))
         note = (
-            "No --data given: training on the 6 scikit-image sample photos (astronaut, rocket, "
-            "hubble_deep_field, immunohistochemistry, retina, coffee); validating on chelsea and "
-            "the right view of stereo_motorcycle."
+            f"No --data given: training on the {len(train)} built-in photos of the "
+            f"{cfg.sample_set!r} set ({', '.join(i.name for i in train)}); validating on "
+            f"{val_names}."
         )
         val = (
-            sample_photos("val")
+            sample_photos("val", cfg.sample_set)
             if cfg.val_data is None
             else load_folder(cfg.val_data, "--val-data")
         )
@@ -875,7 +899,12 @@ def prepare_loop(run: IRNRun) -> torch.utils.data.DataLoader:
             f"--micro-batch {run.micro} must divide the per-process batch {sampler.local_batch} "
             f"(--batch-size {cfg.batch_size} over {run.world} processes)"
         )
-    dataset = PatchDataset(run.train_items, cfg.patch_size, run.task.scale, seed=cfg.seed)
+    auto = cfg.data is None and run.task.name == "rescale"  # built-in photos, IRN rescaling
+    color = cfg.color_augment == "on" or (cfg.color_augment == "auto" and auto)
+    dataset = PatchDataset(
+        run.train_items, cfg.patch_size, run.task.scale, seed=cfg.seed,
+        color=ColorAugment() if color else None,
+    )  # fmt: skip
     loader = make_loader(dataset, sampler, workers, device.type == "cuda", cfg.seed)
     run.tb = TensorBoardLogger(
         cfg.logdir or run.out_dir / "tb", enabled=cfg.tensorboard and run.main_process
@@ -954,6 +983,8 @@ def train(
         raise SystemExit(f"Training stopped: {err}") from None
     run.progress.close()
     refuse_nonfinite_weights(run)
+    if task.name == "rescale" and not interrupted and run.main_process:
+        run.forward_stats = training_reference(run.model, run.train_items)
     save_run(run, run.out_dir / LAST_NAME, "interrupted" if interrupted else "last")
     run.tb.flush()
     run.tb.close()

@@ -281,11 +281,15 @@ def test_sample_photo_run_ends_with_the_bicubic_comparison(tmp_path, capsys):
             "--out",
             str(tmp_path / "s"),
             "--no-tensorboard",
+            "--sample-set",
+            "classic",
         ]
     )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("Precision: float32")
-    assert lines[1].startswith("No --data given: training on the 6 scikit-image sample photos")
+    assert lines[1].startswith(
+        "No --data given: training on the 6 built-in photos of the 'classic'"
+    )
     assert out["val"][-1]["psnr_y"] < out["bicubic"]["psnr_y"]
     assert lines[-2].startswith("IRN is still below bicubic after this short run")
     assert lines[-1].startswith("Validation PSNR-Y after 1 iterations: IRN")

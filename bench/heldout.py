@@ -1,0 +1,192 @@
+"""IRN against bicubic on held-out real photos, per photo (PSNR-Y at the model's scale).
+
+The held-out photos are the wallpapers of Debian/Ubuntu's ``lomiri-wallpapers`` package, never
+used for training: one command gets them (into /usr/share/backgrounds)::
+
+    sudo apt-get install -y lomiri-wallpapers
+
+The set is the 13 photographs among them (six renders and graphics and the composited
+Infinite-Sea are left out), each cut to its centre 512x512 crop, fixed so every checkpoint is
+measured on the same pixels::
+
+    python bench/heldout.py --checkpoint runs/irn_x4/last.pt --threads 1
+    python bench/heldout.py --checkpoint a.pt b.pt --temperature 0 --json heldout.json
+    python bench/heldout.py --write-dir heldout_png      # the crops as PNG, e.g. for evaluate.py
+
+The last line says whether the model meets the bar of docs/real_photos.md: on average within
+1 dB of bicubic (or above) and never more than 3 dB below it on any photo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.checkpoint import load_checkpoint  # noqa: E402
+from common.images import decode_image, to_float01  # noqa: E402
+from irn.checkpoints import load_irn  # noqa: E402
+from irn.data import sample_photos  # noqa: E402
+from irn.evaluation import bicubic_baseline, evaluate_rescaling  # noqa: E402
+from irn.ood import check_image, training_reference  # noqa: E402
+
+HELDOUT_ROOT = Path("/usr/share/backgrounds")
+INSTALL = "sudo apt-get install -y lomiri-wallpapers"
+HELDOUT = (
+    "Bridge_by_Sander_Klootwijk.jpg",
+    "Dragonfly_by_Bolly.jpg",
+    "Kleiber_by_Lukas_Baubkus.jpg",
+    "Picture_0B_by_freespace.jpg",
+    "Picture_1A_by_freespace.jpg",
+    "Wine_by_Jakkub_Mede.jpg",
+    "aitzgorri_by_Aitzol_Berasategi.jpg",
+    "free_by_Peter_Nerlich.jpg",
+    "friends_by_Aitzol_Berasategi.jpg",
+    "life_by_Aitzol_Berasategi.jpg",
+    "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+    "seeding_by_Clements_Engelhardt.jpg",
+    "sunset_by_Aitzol_Berasategi.jpg",
+)
+CROP = 512
+MEAN_BAR, WORST_BAR = -1.0, -3.0
+
+
+def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size x size`` crop of an HWC image (the whole side when smaller)."""
+    h, w = img.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return np.ascontiguousarray(img[top : top + size, left : left + size])
+
+
+def heldout_photos(root: Path = HELDOUT_ROOT, crop: int = CROP) -> list[tuple[str, np.ndarray]]:
+    """``(short name, centre crop as float32 RGB in [0, 1])`` for each held-out photo."""
+    missing = [n for n in HELDOUT if not (root / n).is_file()]
+    if missing:
+        raise SystemExit(
+            f"bench/heldout.py: {len(missing)} held-out photos missing under {root} (e.g. "
+            f"{missing[0]}); get them with: {INSTALL}"
+        )
+    return [
+        (n.split("_by_")[0], centre_crop(to_float01(decode_image(root / n)), crop))
+        for n in HELDOUT
+    ]
+
+
+def reference_for(ckpt: str, info: dict, model: torch.nn.Module) -> dict:
+    """The checkpoint's stored forward statistics, or (older checkpoints) those of the built-in
+    training photos of its ``--sample-set`` computed now."""
+    if info.get("forward_stats"):
+        return info["forward_stats"]
+    config = load_checkpoint(ckpt).get("config", {})
+    if config.get("data") is not None:
+        return {}
+    sample_set = config.get("sample_set", "classic")
+    return training_reference(model, sample_photos("train", sample_set))
+
+
+def measure(
+    model: torch.nn.Module, photos, temperature: float, draws: int, amp: bool, reference: dict
+) -> list:
+    """Per photo: IRN's and bicubic's PSNR-Y (dB), their difference and the OOD warning."""
+    rows = []
+    for name, hr in photos:
+        stats, warning = check_image(model, hr, name, {"forward_stats": reference})
+        irn = evaluate_rescaling(model, hr, draws=draws, temperature=temperature, amp=amp)
+        bic = bicubic_baseline(hr, int(model.scale))
+        rows.append(
+            {
+                "photo": name,
+                "irn": irn["psnr_y"],
+                "bicubic": bic["psnr_y"],
+                "diff": irn["psnr_y"] - bic["psnr_y"],
+                "lr_psnr_y": irn["lr_psnr_y"],
+                **stats,
+                "warned": warning is not None,
+            }
+        )
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean difference, its standard error, the worst photo and whether the bar is met."""
+    d = np.array([r["diff"] for r in rows], dtype=np.float64)
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    worst = rows[int(d.argmin())]
+    ok = bool(d.mean() >= MEAN_BAR and d.min() >= WORST_BAR)
+    return {"mean_diff": float(d.mean()), "se": se, "worst": worst["photo"],
+            "worst_diff": float(d.min()), "meets_bar": ok}  # fmt: skip
+
+
+def table(label: str, rows: list[dict], summary: dict) -> str:
+    head = "| photo | IRN PSNR-Y | bicubic | IRN - bicubic | LR' PSNR-Y | z rms | LR' rmse | clip "
+    lines = [f"## {label}", "", head + "| warned |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['photo']} | {r['irn']:.2f} | {r['bicubic']:.2f} | {r['diff']:+.2f} | "
+            f"{r['lr_psnr_y']:.2f} | {r['z_rms']:.3f} | {r['lr_rmse']:.2f} | "
+            f"{100 * r['clip']:.2f}% | {'yes' if r['warned'] else 'no'} |"
+        )
+    lines += [
+        "",
+        f"mean IRN - bicubic {summary['mean_diff']:+.2f} dB (SE {summary['se']:.2f}, "
+        f"{len(rows)} photos); worst {summary['worst']} {summary['worst_diff']:+.2f} dB; "
+        f"bar (mean >= {MEAN_BAR:+.0f}, every photo >= {WORST_BAR:+.0f}): "
+        f"{'met' if summary['meets_bar'] else 'not met'}",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", nargs="*", default=[], help="IRN checkpoints to measure.")
+    p.add_argument("--root", default=str(HELDOUT_ROOT), help="Folder of the wallpapers.")
+    p.add_argument("--temperature", type=float, default=1.0, help="Std of z (0: z = 0).")
+    p.add_argument("--draws", type=int, default=1, help="Samples of z averaged per photo.")
+    p.add_argument("--amp", action="store_true", help="Run the network under autocast.")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    p.add_argument("--json", default=None, help="Write the per-photo rows to this file.")
+    p.add_argument("--write-dir", default=None, help="Write the crops as PNG into this folder.")
+    p.add_argument("--photos", nargs="*", default=None, help="Only these photos (short names).")
+    return p.parse_args(argv)
+
+
+def write_crops(photos, folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, hr in photos:
+        Image.fromarray(np.round(hr * 255.0).astype(np.uint8)).save(folder / f"{name}.png")
+    print(f"wrote {len(photos)} crops to {folder}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    photos = heldout_photos(Path(args.root))
+    if args.photos:
+        photos = [(n, hr) for n, hr in photos if n in args.photos]
+    if args.write_dir:
+        write_crops(photos, Path(args.write_dir))
+    results = {}
+    for ckpt in args.checkpoint:
+        model, info = load_irn(ckpt)
+        reference = reference_for(ckpt, info, model)
+        rows = measure(model, photos, args.temperature, args.draws, args.amp, reference)
+        summary = summarise(rows)
+        print(table(f"{ckpt} (temperature {args.temperature:g})", rows, summary), flush=True)
+        results[ckpt] = {"rows": rows, "summary": summary, "temperature": args.temperature}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
