@@ -65,6 +65,11 @@ class SplitPrior(CouplingBase):
     For flat ``[B, C]`` inputs pass e.g. ``mlp_subnet(...)``. ``split`` defaults to
     ``channels // 2``.
 
+    ``log_std_bound = b`` (optional) soft-clamps the scale as the couplings do,
+    ``log_sigma = b * tanh(raw / b)`` in ``(-b, b)``: the map stays exact and its log-det is that
+    of the clamped value, while an objective without the rest of the flow's log-det (IRN's, see
+    ``irn/multiscale.py``) can no longer reach ``-inf`` by ``sigma -> 0``. Glow uses none.
+
     Reference: Kingma & Dhariwal, "Glow", arXiv:1807.03039, sec. 3 and fig. 2 (multi-scale
     architecture with split; learned prior as in the authors' ``split2d``); Dinh et al., "Real
     NVP", arXiv:1605.08803, sec. 3.6 (factoring out variables).
@@ -75,16 +80,23 @@ class SplitPrior(CouplingBase):
         channels: int,
         split: int | None = None,
         prior_constructor: SubnetConstructor | None = None,
+        log_std_bound: float | None = None,
     ) -> None:
         super().__init__(channels, channels // 2 if split is None else split)
+        if log_std_bound is not None and not log_std_bound > 0:
+            raise ValueError(f"SplitPrior: log_std_bound must be > 0 or None, got {log_std_bound}")
         make = zero_conv(3) if prior_constructor is None else prior_constructor
         self.prior = make(self.split, 2 * (channels - self.split))
+        self.log_std_bound = log_std_bound
 
     def mean_log_std(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, log_sigma)`` of the conditional prior ``p(z | h)``, in ``h``'s dtype."""
         out = self._subnet(self.prior, h, h.dtype)
         c2 = self.channels - self.split
-        return out[:, :c2], out[:, c2:]
+        log_std = out[:, c2:]
+        if self.log_std_bound is not None:
+            log_std = self.log_std_bound * torch.tanh(log_std / self.log_std_bound)
+        return out[:, :c2], log_std
 
     def _forward(self, x1, x2):
         mean, log_std = self.mean_log_std(x1)

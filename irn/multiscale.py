@@ -34,11 +34,16 @@ Priors of the parked parts (``split_prior``):
   ``sum eps^2 + 2 sum log sigma`` for the parked part: :func:`latent_logscale_penalty` gives the
   second term, which training adds (without it ``sigma`` would grow without bound).
 
-  Caveat (docs/multiscale.md): unlike Glow's likelihood, IRN's objective has no log-determinant
-  of the rest of the flow, so nothing stops the network from making the parked part a
-  deterministic function of ``h``; then ``sigma -> 0`` and ``sum eps^2 + 2 sum log sigma`` is
-  unbounded below. A bounded ``log sigma`` (a soft clamp, as the couplings') or the flow's
-  log-determinant in the loss would remove this; neither is implemented.
+  Bounded scale. Unlike Glow's likelihood, IRN's objective has no log-determinant of the rest of
+  the flow, so nothing stops the network from making the parked part a deterministic function
+  of ``h``; with a free ``sigma`` then ``sigma -> 0`` and ``sum eps^2 + 2 sum log sigma`` is
+  unbounded below (it fell past -20,000 within 100 iterations; docs/multiscale.md). The prior's
+  ``log sigma`` is therefore soft-clamped to ``(-b, b)`` with ``b = LEARNED_LOG_STD_BOUND``
+  (``b tanh(raw / b)``, the couplings' clamp), and the penalty is written
+  ``2 sum (log sigma + b) >= 0``: the constant ``2 b`` per element leaves every gradient as it
+  is and keeps the loss on the same footing as the normal prior's ``sum z^2 >= 0``. At the bound
+  the parked part is scored as ``sum (z - mu)^2 / sigma_min^2`` with ``sigma_min = e^-b``, a
+  fixed multiple of the normal prior's ``sum z^2``, and upscaling samples it with that spread.
 
   The conditioner sees the channels that stay *at the end* of the flow rather than at the split
   point (Glow's ``split2d``): they are an invertible function of the latter, so the same
@@ -69,6 +74,7 @@ __all__ = [
     "multiscale_layers",
     "learned_prior",
     "latent_logscale_penalty",
+    "LEARNED_LOG_STD_BOUND",
 ]
 
 
@@ -252,8 +258,13 @@ def multiscale_layers(cfg: Any, subnet: SubnetConstructor) -> list[nn.Module]:
         if level < len(sizes):
             active, parked = active - sizes[level], parked + sizes[level]
     if cfg.split_prior == "learned":
-        layers.append(SplitPrior(active + parked, active, zero_conv(3)))
+        prior = SplitPrior(active + parked, active, zero_conv(3), LEARNED_LOG_STD_BOUND)
+        layers.append(prior)
     return layers
+
+
+LEARNED_LOG_STD_BOUND = 2.0
+"""``b`` of the learned prior's soft clamp ``log sigma in (-b, b)`` (module docstring)."""
 
 
 def learned_prior(model: nn.Module) -> SplitPrior | None:
@@ -267,18 +278,21 @@ def learned_prior(model: nn.Module) -> SplitPrior | None:
 
 
 def latent_logscale_penalty(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """``mean_b 2 sum log sigma(h)`` of the learned prior for ``y = model(x)`` (0 without one).
+    """``mean_b 2 sum (log sigma(h) + b)`` of the learned prior for ``y = model(x)`` (0 without
+    one; ``b`` the prior's ``log_std_bound``, 0 if it has none).
 
     Added to IRN's ``L_distr = mean_b sum z^2`` it makes the parked part's term twice its
-    negative log-likelihood under ``N(mu(h), sigma(h)^2)`` (module docstring), the same scale as
-    ``sum z^2`` for the ``N(0, I)`` parts. Float32 (float64 for float64 ``y``).
+    negative log-likelihood under ``N(mu(h), sigma(h)^2)`` up to a constant (module docstring),
+    the same scale as ``sum z^2`` for the ``N(0, I)`` parts, and non-negative when bounded.
+    Float32 (float64 for float64 ``y``).
     """
     prior = learned_prior(model)
     if prior is None:
         return y.new_zeros((), dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
     _, log_std = prior.mean_log_std(y[:, : prior.split])
     log_std = log_std if log_std.dtype == torch.float64 else log_std.float()
-    return 2.0 * sum_except_batch(log_std).mean()
+    bound = prior.log_std_bound or 0.0
+    return 2.0 * sum_except_batch(log_std + bound).mean()
 
 
 def describe(cfg: Any) -> str:

@@ -10,6 +10,7 @@ from flow_checks import assert_all_proofs, assert_gradcheck, assert_roundtrip, p
 from common.split import SplitPrior
 from irn.model import IRN, IRNConfig
 from irn.multiscale import (
+    LEARNED_LOG_STD_BOUND,
     OnActive,
     ParkedHaar,
     active_channels,
@@ -100,8 +101,28 @@ def test_learned_prior_penalty_is_twice_the_nll_scale(double):
     nll = (((z - mean) / log_std.exp()) ** 2 / 2 + log_std).sum() / 2
     eps = y[:, 36:]
     got = (eps**2).sum() / 2 + latent_logscale_penalty(model, y)
-    torch.testing.assert_close(got, 2 * nll)
+    const = 2 * prior.log_std_bound * log_std[0].numel()  # 2 b per element, mean over the batch
+    torch.testing.assert_close(got, 2 * nll + const)
     assert latent_logscale_penalty(tiny(4, "normal"), y).item() == 0.0
+
+
+def test_learned_prior_scale_is_bounded_and_stays_exact(double):
+    """A prior driven to sigma -> 0 stops at e^-b: the penalty stays >= 0, the map exact."""
+    model = tiny(4, "learned", 3)
+    prior = model.operations[-1]
+    c2 = prior.channels - prior.split
+    with torch.no_grad():
+        prior.prior.bias[c2:] = -1e4  # raw log sigma far below any bound
+    x = torch.rand(2, 3, 8, 8)
+    y, logdet = model(x)
+    _, log_std = prior.mean_log_std(y[:, : prior.split])
+    b = LEARNED_LOG_STD_BOUND
+    assert log_std.min().item() >= -b and log_std.min().item() < -b + 1e-6
+    penalty = latent_logscale_penalty(model, y)
+    assert torch.isfinite(penalty) and 0 <= penalty.item() < 1e-3
+    x_back, logdet_inv = model.inverse(y)
+    torch.testing.assert_close(x_back, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logdet + logdet_inv, torch.zeros_like(logdet), rtol=0, atol=1e-9)
 
 
 def test_temperature_zero_gives_the_conditional_mean(double):
