@@ -72,3 +72,40 @@ def assert_all_proofs(layer: nn.Module, x: torch.Tensor) -> None:
     assert_roundtrip(layer, x)
     assert_jacobian_logdet(layer, x)
     assert_gradcheck(layer, x)
+
+
+def every_layer_flow(seed: int = 0, clamped_coupling: bool = False) -> nn.Module:
+    """Every layer of the core in one perturbed flow, ``[B, 2, 8, 8] -> [B, 32, 2, 2]``;
+    ``clamped_coupling`` adds an enhanced coupling with a non-default clamp (memory saving's
+    fast path)."""
+    from common import (
+        ActNorm,
+        AdditiveCoupling,
+        AffineCoupling,
+        EnhancedAffineCoupling,
+        FlowSequential,
+        HaarDownsampling,
+        InvConv1x1,
+        Squeeze,
+        conv_subnet,
+        dense_block,
+    )
+
+    conv = conv_subnet(hidden=6, zero_init=False)
+    torch.manual_seed(seed)
+    layers = [
+        ActNorm(2),
+        InvConv1x1(2, lu=True),
+        AffineCoupling(2, conv),
+        HaarDownsampling(2),
+        EnhancedAffineCoupling(8, 2, dense_block(gc=4)),
+        InvConv1x1(8, lu=False),
+        AdditiveCoupling(8, conv),
+    ]
+    if clamped_coupling:
+        layers.append(
+            EnhancedAffineCoupling(8, 3, dense_block(gc=4), clamp=1.5, clamp_tightness=2.0)
+        )
+    flow = FlowSequential(*layers, Squeeze(), AffineCoupling(32, conv, scale_fn="exp"))
+    flow(torch.randn(4, 2, 8, 8))  # ActNorm data-dependent init
+    return perturb_(flow, std=0.05, seed=seed)

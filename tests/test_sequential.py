@@ -1,51 +1,21 @@
 import pytest
 import torch
-from flow_checks import assert_all_proofs, assert_roundtrip, perturb_
+from flow_checks import assert_all_proofs, assert_roundtrip, every_layer_flow
 
 from common import (
-    ActNorm,
-    AdditiveCoupling,
-    AffineCoupling,
-    EnhancedAffineCoupling,
-    FlowSequential,
-    HaarDownsampling,
-    InvConv1x1,
-    Squeeze,
     check_finite,
-    conv_subnet,
-    dense_block,
 )
-
-CONV = conv_subnet(hidden=6, zero_init=False)
-
-
-def all_layers_flow(seed: int = 0) -> FlowSequential:
-    """Every layer of the core in one flow: [B, 2, 8, 8] -> [B, 32, 2, 2]."""
-    torch.manual_seed(seed)
-    flow = FlowSequential(
-        ActNorm(2),
-        InvConv1x1(2, lu=True),
-        AffineCoupling(2, CONV),
-        HaarDownsampling(2),
-        EnhancedAffineCoupling(8, 2, dense_block(gc=4)),
-        InvConv1x1(8, lu=False),
-        AdditiveCoupling(8, CONV),
-        Squeeze(),
-        AffineCoupling(32, CONV, scale_fn="exp"),
-    )
-    flow(torch.randn(4, 2, 8, 8))  # ActNorm data-dependent init
-    return perturb_(flow, std=0.05, seed=seed)
 
 
 @pytest.mark.usefixtures("double")
 def test_proofs_of_a_flow_of_every_layer():
-    flow = all_layers_flow()
+    flow = every_layer_flow()
     assert_all_proofs(flow, torch.randn(2, 2, 8, 8))
 
 
 @pytest.mark.usefixtures("double")
 def test_logdet_is_sum_of_layer_logdets():
-    flow = all_layers_flow()
+    flow = every_layer_flow()
     x = torch.randn(2, 2, 8, 8)
     total = torch.zeros(2)
     h = x
@@ -62,14 +32,14 @@ def test_float32_round_trip_bound():
     (a wrong inverse gives errors of order 1)."""
     errors = []
     for seed in range(5):
-        flow = all_layers_flow(seed).float()
+        flow = every_layer_flow(seed).float()
         x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(seed + 10))
         errors.append(assert_roundtrip(flow, x, atol=1e-5))
     print(f"float32 round-trip max abs error over 5 seeds: {max(errors):.3g}")
 
 
 def test_nan_input_names_the_layer_in_checking_mode():
-    flow = all_layers_flow().float()
+    flow = every_layer_flow().float()
     x = torch.randn(1, 2, 8, 8)
     x[0, 1, 2, 3] = float("nan")
     flow(x)  # off by default: NaN propagates, no error
