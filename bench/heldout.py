@@ -14,7 +14,9 @@ measured on the same pixels::
     python bench/heldout.py --write-dir heldout_png      # the crops as PNG, e.g. for evaluate.py
 
 The last line says whether the model meets the bar of docs/real_photos.md: on average within
-1 dB of bicubic (or above) and never more than 3 dB below it on any photo.
+1 dB of bicubic (or above) and never more than 3 dB below it on any photo. The "rmse" column
+turns each PSNR-Y into the root-mean-square error of Y in 8-bit grey levels
+(``255 * 10^(-PSNR / 20)``): on near-flat photos a few dB is a fraction of one level.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ HELDOUT = (
 )
 CROP = 512
 MEAN_BAR, WORST_BAR = -1.0, -3.0
+
+
+def rmse_levels(psnr_db: float) -> float:
+    """The RMS error in 8-bit grey levels that a PSNR (peak 255) of ``psnr_db`` dB means."""
+    return 255.0 * 10.0 ** (-psnr_db / 20.0)
 
 
 def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -125,11 +132,14 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def table(label: str, rows: list[dict], summary: dict) -> str:
-    head = "| photo | IRN PSNR-Y | bicubic | IRN - bicubic | LR' PSNR-Y | z rms | LR' rmse | clip "
-    lines = [f"## {label}", "", head + "| warned |", "|---|---|---|---|---|---|---|---|---|"]
+    head = "| photo | IRN PSNR-Y | bicubic | IRN - bicubic | rmse IRN / bicubic (levels) "
+    head += "| LR' PSNR-Y | z rms | LR' rmse | clip | warned |"
+    lines = [f"## {label}", "", head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        levels = f"{rmse_levels(r['irn']):.2f} / {rmse_levels(r['bicubic']):.2f}"
         lines.append(
             f"| {r['photo']} | {r['irn']:.2f} | {r['bicubic']:.2f} | {r['diff']:+.2f} | "
+            f"{levels} | "
             f"{r['lr_psnr_y']:.2f} | {r['z_rms']:.3f} | {r['lr_rmse']:.2f} | "
             f"{100 * r['clip']:.2f}% | {'yes' if r['warned'] else 'no'} |"
         )

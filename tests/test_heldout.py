@@ -1,0 +1,43 @@
+"""bench/heldout.py's bookkeeping (the photos themselves need a system package; not in CI)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import heldout  # noqa: E402
+
+
+def row(photo: str, irn: float, bicubic: float) -> dict:
+    stats = {"lr_psnr_y": 40.0, "z_rms": 0.01, "lr_rmse": 2.0, "clip": 0.0, "warned": False}
+    return {"photo": photo, "irn": irn, "bicubic": bicubic, "diff": irn - bicubic, **stats}
+
+
+def test_rmse_levels_inverts_the_psnr():
+    assert heldout.rmse_levels(20 * math.log10(255.0)) == pytest.approx(1.0)
+    assert heldout.rmse_levels(20 * math.log10(255.0 / 0.5)) == pytest.approx(0.5)
+
+
+def test_bar_needs_the_mean_and_every_photo():
+    rows = [row("a", 40.0, 36.0), row("b", 30.0, 30.5), row("c", 50.0, 52.5)]
+    s = heldout.summarise(rows)
+    assert s["mean_diff"] == pytest.approx((4.0 - 0.5 - 2.5) / 3)
+    assert s["worst"] == "c" and s["worst_diff"] == pytest.approx(-2.5)
+    assert s["meets_bar"]
+    rows.append(row("d", 48.0, 51.5))  # one photo 3.5 dB below: the bar fails on it alone
+    s = heldout.summarise(rows)
+    assert s["worst"] == "d" and not s["meets_bar"]
+    assert s["mean_diff"] > heldout.MEAN_BAR
+    s = heldout.summarise([row("a", 30.0, 31.5), row("b", 30.0, 31.5)])  # mean -1.5
+    assert not s["meets_bar"] and s["worst_diff"] > heldout.WORST_BAR
+
+
+def test_table_reports_levels_and_the_verdict():
+    rows = [row("flat", 48.0, 54.0)]
+    text = heldout.table("ckpt", rows, heldout.summarise(rows))
+    assert "| flat | 48.00 | 54.00 | -6.00 | 1.02 / 0.51 |" in text
+    assert text.rstrip().endswith("not met")
