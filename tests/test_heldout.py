@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -13,7 +14,8 @@ import heldout  # noqa: E402
 
 
 def row(photo: str, irn: float, bicubic: float) -> dict:
-    stats = {"lr_psnr_y": 40.0, "z_rms": 0.01, "lr_rmse": 2.0, "clip": 0.0, "warned": False}
+    stats = {"p999_irn": 3.0, "p999_bicubic": 4.5, "lr_psnr_y": 40.0, "z_rms": 0.01}
+    stats |= {"lr_rmse": 2.0, "clip": 0.0, "warned": False}
     return {"photo": photo, "irn": irn, "bicubic": bicubic, "diff": irn - bicubic, **stats}
 
 
@@ -39,5 +41,15 @@ def test_bar_needs_the_mean_and_every_photo():
 def test_table_reports_levels_and_the_verdict():
     rows = [row("flat", 48.0, 54.0)]
     text = heldout.table("ckpt", rows, heldout.summarise(rows))
-    assert "| flat | 48.00 | 54.00 | -6.00 | 1.02 / 0.51 |" in text
+    assert "| flat | 48.00 | 54.00 | -6.00 | 1.02 / 0.51 | 3.0 / 4.5 |" in text
     assert text.rstrip().endswith("not met")
+
+
+def test_tail_error_ignores_the_border_and_reads_levels():
+    hr = np.full((20, 20, 3), 100, np.uint8)
+    rec = hr.copy()
+    rec[0, :, :] = 0  # a ruined first row: inside the border, not counted
+    assert heldout.tail_error_levels(rec, hr, border=2) == 0.0
+    rec[10, 10, :] = 110  # one grey pixel off by 10 levels of Y in 256 counted pixels
+    assert 0 < heldout.tail_error_levels(rec, hr, border=2) <= 10.0
+    assert heldout.tail_error_levels(rec, hr, border=0) == pytest.approx(100.0 * 0.859, rel=0.1)
