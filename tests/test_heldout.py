@@ -50,6 +50,24 @@ def test_tail_error_ignores_the_border_and_reads_levels():
     rec = hr.copy()
     rec[0, :, :] = 0  # a ruined first row: inside the border, not counted
     assert heldout.tail_error_levels(rec, hr, border=2) == 0.0
-    rec[10, 10, :] = 110  # one grey pixel off by 10 levels of Y in 256 counted pixels
+    rec[10, 10, :] = 110  # one pixel of 256 counted, off by 10 levels in R, G and B
     assert 0 < heldout.tail_error_levels(rec, hr, border=2) <= 10.0
     assert heldout.tail_error_levels(rec, hr, border=0) == pytest.approx(100.0 * 0.859, rel=0.1)
+
+
+def test_measure_one_synthetic_photo():
+    """The per-photo row of a tiny IRN: PSNRs, their difference and both tail errors agree."""
+    from irn.model import IRN, IRNConfig
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = IRN(IRNConfig(scale=2, blocks_per_level=1, gc=4)).eval()
+    yy, xx = np.mgrid[0:34, 0:36]  # not a multiple of 4: modcrop must line the images up
+    hr = np.stack([np.sin(yy / 5), np.cos(xx / 7), np.sin((xx + yy) / 9)], -1) * 0.4 + 0.5
+    rows = heldout.measure(model, [("synthetic", hr.astype(np.float32))], 0.0, 1, False, {})
+    (r,) = rows
+    assert r["photo"] == "synthetic" and not r["warned"]
+    assert r["diff"] == pytest.approx(r["irn"] - r["bicubic"])
+    assert r["bicubic"] > 20.0 and r["irn"] > 0.0
+    assert 0.0 <= r["p999_bicubic"] < 255.0 and 0.0 <= r["p999_irn"] <= 255.0
+    assert r["p999_irn"] >= heldout.rmse_levels(r["irn"]) * 0.5  # a tail is not below the rms

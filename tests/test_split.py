@@ -24,6 +24,20 @@ def test_split_prior_proofs_conv(double, split):
     assert_all_proofs(layer, torch.randn(2, 4, 4, 4))
 
 
+def test_bounded_split_prior_proofs_and_range(double):
+    """log sigma = b tanh(raw / b): exact map, log-det of the clamped value, |log sigma| < b."""
+    torch.manual_seed(2)
+    layer = perturb_(SplitPrior(4, split=2, log_std_bound=0.5), std=3.0)  # raw well past b
+    x = torch.randn(2, 4, 4, 4)
+    assert_all_proofs(layer, x)
+    raw = layer.prior(x[:, :2])[:, 2:]
+    _, log_std = layer.mean_log_std(x[:, :2])
+    torch.testing.assert_close(log_std, 0.5 * torch.tanh(raw / 0.5))
+    assert raw.abs().max() > 1.0 and log_std.abs().max() <= 0.5  # tanh saturates to 1.0
+    _, logdet = layer(x)
+    torch.testing.assert_close(logdet, -log_std.sum(dim=(1, 2, 3)))
+
+
 def test_split_prior_proofs_flat(double):
     torch.manual_seed(1)
     layer = perturb_(SplitPrior(6, prior_constructor=mlp_subnet(hidden=8, layers=1)), std=0.3)
@@ -86,6 +100,8 @@ def test_errors():
         SplitPrior(1)
     with pytest.raises(ValueError, match="split"):
         SplitPrior(4, split=4)
+    with pytest.raises(ValueError, match="log_std_bound must be > 0"):
+        SplitPrior(4, log_std_bound=0.0)
     with pytest.raises(ValueError, match="kernel_size"):
         zero_conv(2)
     with pytest.raises(ValueError, match="channels"):
