@@ -93,6 +93,7 @@ class EvalConfig:
         metadata={"help": "'irn' (the checkpoint) or 'bicubic' (Bicubic & Bicubic, no model)."},
     )
     data: tuple[Path, ...] = cli.data_field("HR images")
+    sample_set: Literal["broad", "classic"] = cli.sample_set_field()
     scale: int | None = field(
         default=None,
         metadata={
@@ -532,7 +533,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser = build_parser()
     cfg, _ = parse_config_with_args(EvalConfig, argv, parser)
     started, out = time.perf_counter(), sys.stdout
-    datasets = eval_io.load_datasets(parser, cfg.data, out)
+    datasets = eval_io.load_datasets(parser, cfg.data, out, cfg.sample_set)
     check_outputs(parser, cfg, datasets)
     run = prepare(parser, cfg, datasets)
     print_header(run, out)

@@ -16,8 +16,8 @@ decolorization-colorization task; docs/method.md, section IRN-Color):
 * the "no colour" reference: the luminance copied to R, G and B.
 
 Each ``--data`` folder is one dataset (searched recursively; ``HR`` / ``*_HR`` subfolders are
-used when present); no ``--data``: the scikit-image validation photos. A rescaling IRN is
-evaluated with ``evaluate.py``.
+used when present); no ``--data``: the built-in validation photos (``--sample-set``). A
+rescaling IRN is evaluated with ``evaluate.py``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class ColorEvalConfig:
         metadata={"help": "An IRN-Color training checkpoint (train_irn_color.py)."}
     )
     data: tuple[Path, ...] = cli.data_field("RGB images")
+    sample_set: Literal["broad", "classic"] = cli.sample_set_field()
     draws: int = field(
         default=5,
         metadata={"help": "Samples of z averaged per image; 1 with --z zero (z is fixed)."},
@@ -204,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     cfg, _ = parse_config_with_args(ColorEvalConfig, argv, parser)
     started, out = time.perf_counter(), sys.stdout
-    datasets = eval_io.load_datasets(parser, cfg.data, out)
+    datasets = eval_io.load_datasets(parser, cfg.data, out, cfg.sample_set)
     eval_io.check_outputs(parser, cfg.json, cfg.save_images, datasets, [cfg.checkpoint])
     device = cli.setup_device(parser, cfg)
     model, info = load_color_model(parser, cfg, device)

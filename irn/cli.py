@@ -50,6 +50,7 @@ __all__ = [
     "check_tile_scale",
     "color_checkpoint_hint",
     "data_field",
+    "sample_set_field",
     "device_field",
     "encode_z_from",
     "fail",
@@ -172,6 +173,18 @@ def z_field() -> Any:
 def z_from_field(where: str) -> Any:
     """The ``--z-from`` field; ``where`` says which image size fits the script."""
     return _help(None, f"{_Z_FROM_HELP} {where}")
+
+
+def sample_set_field() -> Any:
+    """The ``--sample-set`` field: which built-in validation photos stand in for ``--data``."""
+    return field(
+        default="broad",
+        metadata={
+            "help": "Without --data: the built-in validation photos to evaluate on, 'broad' "
+            "(chelsea, stereo_motorcycle's right view, scikit-learn's china: what train_irn.py "
+            "validates on by default) or 'classic' (the first two, the earlier default)."
+        },
+    )
 
 
 def data_field(what: str) -> Any:

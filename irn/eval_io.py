@@ -28,7 +28,7 @@ from common.images import ImageReadError
 from common.outputs import OutputError, check_dir, check_file, clean_stale_temps
 from common.runtime import ProgressLogger
 from irn.cli import fail
-from irn.data import SAMPLE_VAL, NamedImage, load_folder, sample_photos
+from irn.data import NamedImage, load_folder, sample_photos
 
 __all__ = [
     "Column",
@@ -86,21 +86,25 @@ def find_dataset(root: Path) -> Dataset:
 
 
 def load_datasets(
-    parser: argparse.ArgumentParser, data: Sequence[Path], out: IO[str]
+    parser: argparse.ArgumentParser,
+    data: Sequence[Path],
+    out: IO[str],
+    sample_set: str = "broad",
 ) -> list[Dataset]:
-    """The ``--data`` folders as datasets (or the scikit-image validation photos, announced on
-    ``out``); two folders with the same name get ``#i`` suffixes so they stay apart."""
-    if not data:
-        print(
-            "No --data given: evaluating on the scikit-image validation photos "
-            f"({', '.join(SAMPLE_VAL)}).",
-            file=out,
-        )
+    """The ``--data`` folders as datasets (or the built-in validation photos of ``sample_set``,
+    announced on ``out``); two folders with the same name get ``#i`` suffixes so they stay
+    apart."""
     try:
         if data:
             datasets = [find_dataset(Path(d)) for d in data]
         else:
-            datasets = [Dataset("skimage-val", None, [], sample_photos("val"))]
+            photos = sample_photos("val", sample_set)
+            print(
+                f"No --data given: evaluating on the built-in validation photos of the "
+                f"{sample_set} set ({', '.join(i.name for i in photos)}).",
+                file=out,
+            )
+            datasets = [Dataset(f"sample-{sample_set}", None, [], photos)]
     except (ValueError, OSError) as err:  # ImageReadError is a ValueError
         fail(parser, str(err))
     names = [d.name for d in datasets]

@@ -103,12 +103,28 @@ def test_bicubic_equals_reference_metrics(photos, tmp_path, capsys):
 
 def test_bicubic_on_sample_validation_photos(capsys, tmp_path):
     out_json = tmp_path / "val.json"
-    out, _ = run(["--method", "bicubic", "--scale", 4, "--json", out_json], capsys)
-    assert out.splitlines()[0].startswith("No --data given: evaluating on the scikit-image")
+    argv = ["--method", "bicubic", "--scale", 4, "--json", out_json, "--sample-set", "classic"]
+    out, _ = run(argv, capsys)
+    assert out.splitlines()[0].startswith("No --data given: evaluating on the built-in")
+    assert "classic set (skimage:chelsea, skimage:stereo_motorcycle_right)" in out
     mean = json.loads(out_json.read_text())["datasets"][0]["mean"]
     assert round(mean["psnr_y"], 2) == 28.39
     assert round(mean["ssim_y"], 4) == 0.7794
     assert mean["psnr_y"] == pytest.approx(28.3937, abs=1e-4)
+
+
+def test_default_sample_set_is_what_training_validates_on(capsys, tmp_path):
+    from irn.data import validation_pairs
+    from train_irn import bicubic_metrics
+
+    out_json = tmp_path / "val.json"
+    out, _ = run(["--method", "bicubic", "--scale", 4, "--json", out_json], capsys)
+    assert "broad set" in out and "sklearn:china" in out
+    doc = json.loads(out_json.read_text())["datasets"][0]
+    assert len(doc["images"]) == 3
+    trained = bicubic_metrics(validation_pairs(sample_photos("val", "broad"), 4), 4)
+    assert doc["mean"]["psnr_y"] == pytest.approx(trained["psnr_y"], abs=1e-9)
+    assert doc["mean"]["ssim_y"] == pytest.approx(trained["ssim_y"], abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
