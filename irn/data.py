@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -49,6 +50,9 @@ __all__ = [
     "sample_photos",
     "SAMPLE_COLLECTIONS",
     "ColorAugment",
+    "SmoothPatches",
+    "smooth_region",
+    "transformed_patch",
     "color_matrix",
     "apply_color",
     "load_folder",
@@ -282,20 +286,72 @@ def _to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
 
 
-def colored_patch(
-    img: np.ndarray, top: int, left: int, size: int, scale: int, matrix: np.ndarray
+@dataclass(frozen=True)
+class SmoothPatches:
+    """Nearly flat training patches (sky, walls, studio backgrounds), which the built-in photos
+    hardly hold: with probability ``p`` the patch's region is replaced by a smooth copy of
+    itself (:func:`smooth_region`, the downscale factor drawn from ``factors``).
+
+    Why: on a flat image the forward pass of a network that never saw one leaves a small
+    constant offset in every ``z`` channel (the couplings' ``G(LR')`` of a flat ``LR'`` is not
+    zero), and upscaling with ``z = 0`` turns it into a fixed 4x4 pattern of about a grey level,
+    which on a photo that bicubic reconstructs to half a grey level costs several dB
+    (docs/real_photos.md)."""
+
+    p: float = 0.25
+    factors: tuple[int, ...] = (8, 16, 32)
+
+    def draw(self, rng: np.random.Generator) -> int | None:
+        """A downscale factor from ``rng``, or ``None`` (patch kept) with probability ``1 - p``."""
+        if rng.random() >= self.p:
+            return None
+        return int(self.factors[int(rng.integers(0, len(self.factors)))])
+
+
+def smooth_region(region: np.ndarray, factor: int) -> np.ndarray:
+    """A smooth version of an HWC float region with the same size: area-averaged down by
+    ``factor`` (at least one pixel each side), bilinearly up again, rounded to 8-bit levels (the
+    steps of a gradient in a real 8-bit photo)."""
+    h, w = region.shape[:2]
+    small = cv2.resize(
+        region, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA
+    )
+    up = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(region.shape)
+    return (np.round(np.clip(up, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+def transformed_patch(
+    img: np.ndarray,
+    top: int,
+    left: int,
+    size: int,
+    scale: int,
+    matrix: np.ndarray | None = None,
+    smooth: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """HR patch and LR of the image recoloured by ``matrix`` (:func:`apply_color`), as if the
-    whole image had been recoloured first: the region the LR needs (the patch and its margin)
-    is recoloured, then cropped and downscaled as in :func:`lr_patch_from_region`."""
+    """HR patch and LR of the image recoloured by ``matrix`` (:func:`apply_color`, if given) and
+    then smoothed by ``smooth`` (:func:`smooth_region`, if given), as if the whole image had been
+    changed: the region the LR needs (the patch and its margin) is changed, then cropped and
+    downscaled as in :func:`lr_patch_from_region`."""
     h, w = img.shape[:2]
     m = LR_MARGIN * scale
     r0, c0 = max(0, top - m), max(0, left - m)
     r1, c1 = min(h, top + size + m), min(w, left + size + m)
-    region = apply_color(to_float01(img[r0:r1, c0:c1]), matrix)
+    region = to_float01(img[r0:r1, c0:c1])
+    if matrix is not None:
+        region = apply_color(region, matrix)
+    if smooth is not None:
+        region = smooth_region(region, smooth)
     t, lft = top - r0, left - c0
     hr = region[t : t + size, lft : lft + size]
     return hr, lr_patch_from_region(region, t, lft, size, scale)
+
+
+def colored_patch(
+    img: np.ndarray, top: int, left: int, size: int, scale: int, matrix: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """HR patch and LR of the image recoloured by ``matrix`` (:func:`transformed_patch`)."""
+    return transformed_patch(img, top, left, size, scale, matrix=matrix)
 
 
 class PatchDataset(Dataset):
@@ -304,7 +360,8 @@ class PatchDataset(Dataset):
     ``dataset[k]`` is a dict ``{"hr": [3, P, P], "lr": [3, P/s, P/s]}`` (float32 in [0, 1]) fully
     determined by ``(seed, k)``: an epoch is a seeded permutation of the images (as the authors'
     shuffled loader), and the crop position and augmentation come from ``default_rng([seed, k])``.
-    ``color`` (a :class:`ColorAugment`) recolours the image before the crop (off: ``None``).
+    ``color`` (a :class:`ColorAugment`) recolours the image before the crop and ``smooth`` (a
+    :class:`SmoothPatches`) then replaces some patches by smooth ones (off: ``None``).
     """
 
     def __init__(
@@ -315,6 +372,7 @@ class PatchDataset(Dataset):
         seed: int = 10,
         augment: bool = True,
         color: ColorAugment | None = None,
+        smooth: SmoothPatches | None = None,
     ) -> None:
         if patch_size % scale:
             raise ValueError(f"--patch-size {patch_size} must be a multiple of --scale {scale}")
@@ -323,6 +381,7 @@ class PatchDataset(Dataset):
         self.seed = seed
         self.augment = augment
         self.color = color
+        self.smooth = smooth
         kept, skipped = [], []
         for item in images:
             h, w = item.size[0] - item.size[0] % scale, item.size[1] - item.size[1] % scale
@@ -362,8 +421,9 @@ class PatchDataset(Dataset):
         top = int(rng.integers(0, (img.shape[0] - p) // s + 1)) * s
         left = int(rng.integers(0, (img.shape[1] - p) // s + 1)) * s
         matrix = self.color.draw(rng) if self.color is not None else None
-        if matrix is not None:
-            hr, lr = colored_patch(img, top, left, p, s, matrix)
+        smooth = self.smooth.draw(rng) if self.smooth is not None else None
+        if matrix is not None or smooth is not None:
+            hr, lr = transformed_patch(img, top, left, p, s, matrix, smooth)
         else:
             hr = to_float01(img[top : top + p, left : left + p])
             lr = lr_patch_from_region(img, top, left, p, s)

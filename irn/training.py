@@ -81,6 +81,7 @@ from irn.checkpoints import read_init_weights
 from irn.data import (
     ColorAugment,
     PatchDataset,
+    SmoothPatches,
     StepSampler,
     describe,
     load_folder,
@@ -139,6 +140,15 @@ class TrainConfig:
             "saturation jitter, brightness; irn/data.py ColorAugment): auto = on for IRN "
             "rescaling on the built-in photos, off with --data (the paper's flips and "
             "rotations only) and for IRN-Color."
+        },
+    )
+    smooth_patches: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of training patches replaced by a smooth copy (area-downscaled by "
+            "8, 16 or 32, bilinearly upscaled, rounded to 8 bits; irn/data.py SmoothPatches): "
+            "teaches the network flat regions such as skies, which the built-in photos hardly "
+            "hold. 0 = off (the paper)."
         },
     )
     iters: int = field(default=500_000, metadata={"help": "Training iterations (paper: 500k)."})
@@ -325,6 +335,10 @@ class TrainConfig:
         _positive(self, ("lr", "lr_gamma", "loss_flip_scale"), True)
         if self.gaussian_scale < 0:
             raise ConfigError("must be >= 0", field="gaussian_scale")
+        if not 0.0 <= self.smooth_patches < 1.0:
+            raise ConfigError(
+                f"must be in [0, 1), got {self.smooth_patches}", field="smooth_patches"
+            )
         if self.micro_batch is not None:
             if self.micro_batch < 1:
                 raise ConfigError(f"must be >= 1, got {self.micro_batch}", field="micro_batch")
@@ -904,6 +918,7 @@ def prepare_loop(run: IRNRun) -> torch.utils.data.DataLoader:
     dataset = PatchDataset(
         run.train_items, cfg.patch_size, run.task.scale, seed=cfg.seed,
         color=ColorAugment() if color else None,
+        smooth=SmoothPatches(p=cfg.smooth_patches) if cfg.smooth_patches > 0 else None,
     )  # fmt: skip
     loader = make_loader(dataset, sampler, workers, device.type == "cuda", cfg.seed)
     run.tb = TensorBoardLogger(
