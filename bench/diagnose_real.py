@@ -10,6 +10,8 @@ prints PSNR-Y of the reconstruction ``f^-1(LR, z)`` from
 * ``8bit+z``: the stored 8-bit ``LR'`` and the true ``z`` (sensitivity to the rounding);
 * ``8bit+0``: the 8-bit ``LR'`` with ``z = 0``;
 * ``8bit+N``: the 8-bit ``LR'`` with ``z ~ N(0, 1)`` (the evaluation protocol, one draw);
+* ``8bit+zbar``: the 8-bit ``LR'`` with every ``z`` channel set to its own spatial mean (an
+  oracle: how much of what ``z = 0`` loses is a constant offset per channel);
 
 then bicubic's PSNR-Y and the forward statistics of irn/ood.py (whole 512 crop). ``--colours``
 adds the colour coverage table: the share of saturated green, blue and red pixels in the
@@ -39,7 +41,7 @@ HUES = {"green": (75.0, 165.0), "blue": (-165.0, -75.0), "red": (-20.0, 20.0)}  
 
 @torch.no_grad()
 def reconstructions(model: torch.nn.Module, hr: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """PSNR-Y of the four reconstructions of the module docstring."""
+    """PSNR-Y of the reconstructions of the module docstring."""
     s = int(model.scale)
     hr = modcrop(hr, s)
     x = torch.from_numpy(hr.transpose(2, 0, 1).astype(np.float32))[None]
@@ -52,6 +54,7 @@ def reconstructions(model: torch.nn.Module, hr: np.ndarray, seed: int = 0) -> di
         "8bit+z": (lr8, z),
         "8bit+0": (lr8, torch.zeros_like(z)),
         "8bit+N": (lr8, torch.randn(z.shape, generator=gen)),
+        "8bit+zbar": (lr8, z.mean((2, 3), keepdim=True).expand_as(z)),
     }
     ref = np.round(hr * 255.0).astype(np.uint8)
     out = {}
@@ -60,6 +63,16 @@ def reconstructions(model: torch.nn.Module, hr: np.ndarray, seed: int = 0) -> di
         rec8 = torch.round(rec.clamp(0, 1) * 255.0)[0].numpy().transpose(1, 2, 0)
         out[name] = image_metrics_lowmem(ref, rec8.astype(np.uint8), crop_border=s)["psnr_y"]
     return out
+
+
+@torch.no_grad()
+def z_offset_rms(model: torch.nn.Module, hr: np.ndarray) -> float:
+    """rms over channels of the spatial mean of each ``z`` channel: the constant part of ``z``
+    (compare with ``z rms``; on a flat photo most of ``z`` can be this offset)."""
+    hr = modcrop(hr, int(model.scale))
+    x = torch.from_numpy(hr.transpose(2, 0, 1).astype(np.float32))[None]
+    z = model(x)[0][:, 3:]
+    return float(z.mean((2, 3)).pow(2).mean().sqrt())
 
 
 def colour_share(img: np.ndarray) -> dict[str, float]:
@@ -89,8 +102,9 @@ def colour_table(root: Path) -> str:
 
 def diagnose(model: torch.nn.Module, photos) -> str:
     lines = [
-        "| photo | float+z | 8bit+z | 8bit+0 | 8bit+N | bicubic | z rms | LR' rmse | clip |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| photo | float+z | 8bit+z | 8bit+0 | 8bit+N | 8bit+zbar | bicubic | z rms | "
+        "z offset rms | LR' rmse | clip |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, hr in photos:
         rec = reconstructions(model, hr)
@@ -98,7 +112,8 @@ def diagnose(model: torch.nn.Module, photos) -> str:
         st = _crop_stats(model, modcrop(hr, int(model.scale)))
         cells = " | ".join(f"{rec[k]:.1f}" for k in rec)
         lines.append(
-            f"| {name} | {cells} | {bic:.1f} | {st['z_rms']:.3f} | {st['lr_rmse']:.2f} | "
+            f"| {name} | {cells} | {bic:.1f} | {st['z_rms']:.4f} | {z_offset_rms(model, hr):.4f} "
+            f"| {st['lr_rmse']:.2f} | "
             f"{100 * st['clip']:.2f}% |"
         )
     return "\n".join(lines)
