@@ -104,13 +104,14 @@ class EvalConfig:
     draws: int = field(
         default=5,
         metadata={
-            "help": "Samples of z averaged per image (the paper: 5); 1 with --z zero or --z-from "
-            "(z is fixed)."
+            "help": "Samples of z averaged per image (the paper: 5); 1 with --z zero, --z "
+            "estimate or --z-from (z is fixed)."
         },
     )
     temperature: float = cli.temperature_field()
     seed: int = cli.seed_field("per image")
-    z: Literal["sample", "zero"] = cli.z_field()
+    z: Literal["sample", "zero", "estimate"] = cli.z_field()
+    z_window: int = cli.z_window_field()
     z_from: Path | None = cli.z_from_field(
         "Modcropped like the evaluated images; every evaluated image must have an LR of that size."
     )
@@ -304,6 +305,9 @@ def latent_note(cfg: EvalConfig, latent: cli.TransferredLatent | None, scale: in
     source = cli.z_source(cfg)
     if source == "zero":
         return "z = 0 (mean upscaling, = --temperature 0): 1 draw, as every draw is identical"
+    if source == "estimate":
+        window = "the whole image" if cfg.z_window == 0 else f"{cfg.z_window} LR pixels"
+        return f"z estimated from LR' (local mean over {window}): 1 draw (z is fixed)"
     if source == "transfer":
         assert latent is not None
         return f"z transferred from --z-from {latent.describe(scale)}: 1 draw (z is fixed)"
@@ -421,6 +425,7 @@ def _evaluate_irn(run: EvalRun, hr: np.ndarray, bar: ProgressLogger, name: str, 
         progress=TileProgress(bar, name),
         z=None if run.latent is None else run.latent.z,
         lr_source=cfg.lr_source,
+        z_estimate=cfg.z_window if cfg.z == "estimate" else None,
     )
 
 

@@ -3,15 +3,17 @@
     python rescale.py down photo.jpg photo_lr.png --checkpoint IRN_x4.pth
     python rescale.py up photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --seed 1
     python rescale.py up photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --z zero
+    python rescale.py up photo_lr.png photo_hr.png --checkpoint runs/real/last.pt --z estimate
     python rescale.py up photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --z-from photo.jpg
     python rescale.py down photos/ photos_lr/ --checkpoint IRN_x4.pth --tile auto   # folders
     python rescale.py up photos_lr/ photos_hr/ --checkpoint IRN_x4.pth
 
 ``down`` writes LR = Quant(f(HR)[:, :3]), the low-frequency half of the forward map rounded to
 8 bits; ``up`` writes HR' = f^-1(LR, z) with z ~ N(0, temperature^2) (``--seed``), z = 0
-(``--z zero``, the "mean" upscaling) or z = f(IMAGE)[:, 3:] of another image (``--z-from``,
-latent transfer); IRN, Xiao et al., ECCV 2020, sec. 3 (docs/method.md: the network,
-quantisation).
+(``--z zero``, the "mean" upscaling), z estimated from the LR (``--z estimate``, for a model
+trained with ``--gaussian-scale 0``: ``irn/tiling.py`` ``estimate_z``) or z = f(IMAGE)[:, 3:] of
+another image (``--z-from``, latent transfer); IRN, Xiao et al., ECCV 2020, sec. 3
+(docs/method.md: the network, quantisation).
 The checkpoint is this project's (``train_irn.py``) or the authors' released ``.pth``.
 
 Any size: a size that is not a multiple of the scale is reflect-padded at the bottom/right to
@@ -54,7 +56,7 @@ from common.outputs import OutputError, check_dir, check_file, check_not_input, 
 from common.runtime import describe_amp
 from irn import cli, limits
 from irn.ood import check_image
-from irn.tiling import downscale_tiled, pad_to_multiple, sample_z, upscale_tiled
+from irn.tiling import downscale_tiled, estimate_z, pad_to_multiple, sample_z, upscale_tiled
 
 SIZE_KEY = "irn:original-size"
 SCALE_KEY = "irn:scale"
@@ -95,7 +97,8 @@ class UpscaleConfig(DownscaleConfig):
 
     temperature: float = cli.temperature_field()
     seed: int = cli.seed_field("each image")
-    z: Literal["sample", "zero"] = cli.z_field()
+    z: Literal["sample", "zero", "estimate"] = cli.z_field()
+    z_window: int = cli.z_window_field()
     z_from: Path | None = cli.z_from_field(
         "Here an HR image of size LR * scale (or the original photo the LR was downscaled "
         "from: reflect-padded as down pads it)."
@@ -261,9 +264,12 @@ def _upscale_target(
     return stored
 
 
-def _upscale_latent(run: Rescaler, src: Path, lr: torch.Tensor) -> tuple[torch.Tensor, str]:
+def _upscale_latent(
+    run: Rescaler, src: Path, lr: torch.Tensor, tile: int | None
+) -> tuple[torch.Tensor, str]:
     """The z of ``f^-1(LR, z)`` and how it was chosen: the ``--z-from`` latent (its LR must
-    have this LR's size) or ``z ~ N(0, temperature^2)`` from ``--seed`` (0 with ``--z zero``)."""
+    have this LR's size), the ``--z estimate`` from the LR, or ``z ~ N(0, temperature^2)`` from
+    ``--seed`` (0 with ``--z zero``)."""
     s, cfg, latent = run.scale, run.cfg, run.latent
     h_lr, w_lr = int(lr.shape[-2]), int(lr.shape[-1])
     if latent is not None:
@@ -273,6 +279,10 @@ def _upscale_latent(run: Rescaler, src: Path, lr: torch.Tensor) -> tuple[torch.T
                 + f" (give an HR image of {w_lr * s}x{h_lr * s}, or one reflect-padded to it)"
             )
         return latent.z, f"z from {latent.describe(s)}"
+    if cfg.z == "estimate":
+        amp = cli.amp_of(cfg, run.device)
+        z = estimate_z(run.model, lr, cfg.z_window, tile, cfg.tile_overlap, amp)
+        return z, f"z estimated from the LR, window {cfg.z_window}"
     gen = torch.Generator(device=run.device).manual_seed(int(cfg.seed))
     z = sample_z(run.model, lr.shape, cfg.temperature, gen, lr.dtype, lr.device)
     note = "z = 0" if cfg.z == "zero" else f"temperature {cfg.temperature}, seed {cfg.seed}"
@@ -293,9 +303,9 @@ def upscale_file(run: Rescaler, src: Path, dst: Path) -> str:
         )
     target = _upscale_target(run, src, lr_hw, stored)
     lr = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(run.device)
-    z, z_note = _upscale_latent(run, src, lr)
     hw = (lr_hw[0] * s, lr_hw[1] * s)
     tile = _tile_for(run, hw)
+    z, z_note = _upscale_latent(run, src, lr, tile)
     hr = upscale_tiled(
         run.model,
         lr,

@@ -11,6 +11,7 @@ measured on the same pixels::
 
     python bench/heldout.py --checkpoint runs/irn_x4/last.pt --threads 1
     python bench/heldout.py --checkpoint a.pt b.pt --temperature 0 --json heldout.json
+    python bench/heldout.py --checkpoint a.pt --z-estimate 7     # evaluate.py's --z estimate
     python bench/heldout.py --write-dir heldout_png      # the crops as PNG, e.g. for evaluate.py
 
 The last line says whether the model meets the bar of docs/real_photos.md: on average within
@@ -111,15 +112,23 @@ def reference_for(ckpt: str, info: dict, model: torch.nn.Module) -> dict:
 
 
 def measure(
-    model: torch.nn.Module, photos, temperature: float, draws: int, amp: bool, reference: dict
+    model: torch.nn.Module,
+    photos,
+    temperature: float,
+    draws: int,
+    amp: bool,
+    reference: dict,
+    z_estimate: int | None = None,
 ) -> list:
-    """Per photo: IRN's and bicubic's PSNR-Y (dB), their difference and the OOD warning."""
+    """Per photo: IRN's and bicubic's PSNR-Y (dB), their difference and the OOD warning; z
+    sampled at ``temperature`` or, with ``z_estimate`` (a window), estimated from the LR."""
     rows = []
+    latent = {"temperature": temperature} if z_estimate is None else {"z_estimate": z_estimate}
     for name, hr in photos:
         stats, warning = check_image(model, hr, name, {"forward_stats": reference})
         irn = evaluate_rescaling(
-            model, hr, draws=draws, temperature=temperature, amp=amp, return_images=True
-        )
+            model, hr, draws=draws, amp=amp, return_images=True, **latent
+        )  # fmt: skip
         scale = int(model.scale)
         bic = bicubic_baseline(hr, scale, return_images=True)
         truth = quantize_to_uint8(modcrop(hr, scale))
@@ -177,6 +186,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", nargs="*", default=[], help="IRN checkpoints to measure.")
     p.add_argument("--root", default=str(HELDOUT_ROOT), help="Folder of the wallpapers.")
     p.add_argument("--temperature", type=float, default=1.0, help="Std of z (0: z = 0).")
+    p.add_argument(
+        "--z-estimate", type=int, default=None, metavar="WINDOW",
+        help="Upscale with z estimated from the LR (evaluate.py --z estimate --z-window WINDOW) "
+        "instead of a sample; --temperature is then not used.",
+    )  # fmt: skip
     p.add_argument("--draws", type=int, default=1, help="Samples of z averaged per photo.")
     p.add_argument("--amp", action="store_true", help="Run the network under autocast.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
@@ -208,10 +222,16 @@ def main(argv: list[str] | None = None) -> dict:
     for ckpt in args.checkpoint:
         model, info = load_irn(ckpt)
         reference = reference_for(ckpt, info, model)
-        rows = measure(model, photos, args.temperature, args.draws, args.amp, reference)
+        rows = measure(
+            model, photos, args.temperature, args.draws, args.amp, reference, args.z_estimate
+        )
         summary = summarise(rows)
-        print(table(f"{ckpt} (temperature {args.temperature:g})", rows, summary), flush=True)
-        results[ckpt] = {"rows": rows, "summary": summary, "temperature": args.temperature}
+        how = f"temperature {args.temperature:g}"
+        if args.z_estimate is not None:
+            how = f"z estimated, window {args.z_estimate}"
+        print(table(f"{ckpt} ({how})", rows, summary), flush=True)
+        results[ckpt] = {"rows": rows, "summary": summary, "temperature": args.temperature,
+                         "z_estimate": args.z_estimate}  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results

@@ -33,6 +33,7 @@ from irn.limits import DEFAULT_MAX_MEGAPIXELS
 from irn.tiling import (
     BYTES_PER_PIXEL,
     DEFAULT_OVERLAP,
+    DEFAULT_Z_WINDOW,
     choose_tile,
     latent_tiled,
     pad_to_multiple,
@@ -75,6 +76,7 @@ __all__ = [
     "z_from_field",
     "z_from_mismatch",
     "z_source",
+    "z_window_field",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -88,8 +90,11 @@ _TILE_HELP = (
     "when that is estimated to exceed --memory-budget."
 )
 _Z_HELP = (
-    "Latent z of the upscaling: 'sample' (z ~ N(0, temperature^2)) or 'zero' (z = 0, the 'mean' "
-    "upscaling; the same as --temperature 0; one draw, as every draw would be identical)."
+    "Latent z of the upscaling: 'sample' (z ~ N(0, temperature^2)), 'zero' (z = 0, the 'mean' "
+    "upscaling; the same as --temperature 0; one draw, as every draw would be identical) or "
+    "'estimate' (z estimated from the LR: the local mean over --z-window LR pixels of the z the "
+    "model gives the LR's bicubic upscale, irn/tiling.py estimate_z; one draw; for models "
+    "trained with --gaussian-scale 0, docs/real_photos.md)."
 )
 _Z_FROM_HELP = (
     "Latent transfer: encode this HR image with the model and upscale with its z = "
@@ -170,6 +175,15 @@ def z_field() -> Any:
     return _help("sample", _Z_HELP)
 
 
+def z_window_field() -> Any:
+    """The ``--z-window`` field (used by ``--z estimate``)."""
+    return _help(
+        DEFAULT_Z_WINDOW,
+        "With --z estimate: LR pixels each side of the box the estimated z is averaged over "
+        "(0 = the whole image).",
+    )
+
+
 def z_from_field(where: str) -> Any:
     """The ``--z-from`` field; ``where`` says which image size fits the script."""
     return _help(None, f"{_Z_FROM_HELP} {where}")
@@ -214,8 +228,10 @@ def json_field() -> Any:
 
 
 def _check_z_from(cfg: Any) -> None:
-    if cfg.z == "zero":
-        raise ConfigError("conflicts with --z zero (z is either 0 or transferred)", field="z_from")
+    if cfg.z in ("zero", "estimate"):
+        raise ConfigError(
+            f"conflicts with --z {cfg.z} (z is either {cfg.z} or transferred)", field="z_from"
+        )
     if cfg.temperature != 1.0:
         raise ConfigError(
             f"{cfg.temperature} applies to a sampled z only, not to the --z-from latent",
@@ -235,7 +251,15 @@ def check_latent_fields(cfg: Any) -> None:
         raise ConfigError(f"must be >= 0, got {cfg.temperature}", field="temperature")
     if getattr(cfg, "z_from", None) is not None:
         _check_z_from(cfg)
-    if cfg.z == "zero":
+    if cfg.z == "estimate":
+        if cfg.temperature != 1.0:
+            raise ConfigError(
+                f"{cfg.temperature} applies to a sampled z only, not to --z estimate",
+                field="temperature",
+            )
+        if getattr(cfg, "z_window", 0) < 0:
+            raise ConfigError(f"must be >= 0, got {cfg.z_window}", field="z_window")
+    elif cfg.z == "zero":
         if cfg.temperature not in (0.0, 1.0):
             raise ConfigError(
                 f"{cfg.temperature} contradicts --z zero (z = 0 is temperature 0)",
@@ -247,7 +271,7 @@ def check_latent_fields(cfg: Any) -> None:
 
 
 def z_source(cfg: Any) -> str:
-    """``"sample"``, ``"zero"`` or ``"transfer"`` (``--z-from``)."""
+    """``"sample"``, ``"zero"``, ``"estimate"`` or ``"transfer"`` (``--z-from``)."""
     return "transfer" if getattr(cfg, "z_from", None) is not None else cfg.z
 
 

@@ -38,7 +38,7 @@ import torch
 from common.images import jpeg_roundtrip
 from common.imresize import imresize
 from common.metrics import image_metrics, modcrop, quantize_to_uint8, rgb_to_y, ssim
-from irn.tiling import DEFAULT_OVERLAP, downscale_tiled, sample_z, upscale_tiled
+from irn.tiling import DEFAULT_OVERLAP, downscale_tiled, estimate_z, sample_z, upscale_tiled
 
 __all__ = [
     "HR_KEYS",
@@ -255,6 +255,7 @@ def evaluate_rescaling(
     progress: Callable[[str, int, int], None] | None = None,
     z: torch.Tensor | None = None,
     lr_source: str = "irn",
+    z_estimate: int | None = None,
 ) -> dict:
     """Rescale one HR image with an IRN and measure it as the paper does.
 
@@ -283,6 +284,9 @@ def evaluate_rescaling(
             MATLAB-bicubic LR of the HR instead (super-resolution with the non-retrained IRN,
             the dissertation's SR approach #3, appendix A.2). ``LR'`` then does not exist, so the
             ``lr_*`` metrics are None.
+        z_estimate: upscale with ``z`` estimated from the stored LR (:func:`irn.tiling.estimate_z`
+            with this window in LR pixels, 0 = the whole image) instead of a sample; then one
+            draw, and ``temperature`` must stay 1 and ``z`` None.
 
     Returns:
         ``{psnr_y, ssim_y, psnr_rgb, ssim_rgb, lr_psnr_y, ..., draws, draw_psnr_y, seconds}``:
@@ -293,13 +297,15 @@ def evaluate_rescaling(
     hr = modcrop(hr, scale)
     if hr.dtype != np.float32:
         hr = hr.astype(np.float32)
-    _check_options(hr.shape, scale, lr_source, z, temperature)
-    n = 1 if temperature == 0 or z is not None else int(draws)
+    _check_options(hr.shape, scale, lr_source, z, temperature, z_estimate)
+    n = 1 if temperature == 0 or z is not None or z_estimate is not None else int(draws)
     tiling = (tile, tile_overlap, amp, progress)
     was_training = model.training
     model.eval()
     try:
         lr_u8 = _stored_lr(model, hr, lr_source, jpeg_quality, tiling)
+        if z_estimate is not None:
+            z = _estimated_z(model, lr_u8, z_estimate, tiling)
         rows, first = _upscale_draws(
             model, hr, lr_u8, n, z, temperature, seed, torch.device(device), tiling
         )
@@ -320,11 +326,21 @@ def evaluate_rescaling(
 
 
 def _check_options(
-    hr_shape: tuple[int, ...], scale: int, lr_source: str, z: torch.Tensor | None, temperature
+    hr_shape: tuple[int, ...],
+    scale: int,
+    lr_source: str,
+    z: torch.Tensor | None,
+    temperature: float,
+    z_estimate: int | None = None,
 ) -> None:
     """:func:`evaluate_rescaling`'s argument checks, as ``ValueError`` naming the argument."""
     if lr_source not in ("irn", "bicubic"):
         raise ValueError(f"lr_source must be 'irn' or 'bicubic', got {lr_source!r}")
+    if z_estimate is not None:
+        if z is not None or temperature != 1.0:
+            raise ValueError("z_estimate replaces a given z and the sampling temperature")
+        if not z_estimate >= 0:
+            raise ValueError(f"z_estimate (a window in LR pixels) must be >= 0, got {z_estimate}")
     if z is not None and temperature != 1.0:
         raise ValueError(
             f"temperature={temperature} applies only to a sampled z, not to a given z"
@@ -364,6 +380,15 @@ def _stored_lr(
     if jpeg_quality is not None:
         lr_q = jpeg_roundtrip(lr_q, int(jpeg_quality))
     return _to_uint8_hwc(lr_q)
+
+
+def _estimated_z(
+    model: torch.nn.Module, lr_u8: np.ndarray, window: int, tiling: tuple
+) -> torch.Tensor:
+    """:func:`irn.tiling.estimate_z` of the stored 8-bit LR (uint8 HWC)."""
+    tile, overlap, amp, progress = tiling
+    lr_q = torch.from_numpy(lr_u8.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
+    return estimate_z(model, lr_q, window, tile, overlap, amp, _stage(progress, "estimate z"))
 
 
 def _upscale_draws(

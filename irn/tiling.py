@@ -61,11 +61,14 @@ from common.runtime import autocast_context
 __all__ = [
     "BYTES_PER_PIXEL",
     "DEFAULT_OVERLAP",
+    "DEFAULT_Z_WINDOW",
     "MIN_TILE",
     "choose_tile",
     "downscale_tiled",
+    "estimate_z",
     "image_bytes_per_pixel",
     "latent_tiled",
+    "local_mean",
     "pad_to_multiple",
     "parse_tile",
     "sample_z",
@@ -84,6 +87,9 @@ DEFAULT_OVERLAP = 16
 # (inverse) for x4, similar for x2 (the peak is in the first level's dense blocks); 600 leaves
 # room for the allocator.
 BYTES_PER_PIXEL = 600.0
+
+# LR pixels over which --z estimate averages the latent of the bicubic upscale (estimate_z).
+DEFAULT_Z_WINDOW = 7
 
 # Smallest HR tile accepted (the network needs some context to be meaningful).
 MIN_TILE = 32
@@ -267,6 +273,51 @@ def latent_tiled(
         float32 ``[1, C * (s^2 - 1), H/s, W/s]`` (``model.z_shape`` of the LR) on ``hr``'s device.
     """
     return _forward_tiled(model, hr, "z", tile, overlap, amp, progress)
+
+
+def local_mean(z: torch.Tensor, window: int) -> torch.Tensor:
+    """Each channel of ``z`` ``[1, C, h, w]`` averaged over a ``window`` x ``window`` box around
+    every pixel (the edges replicated); ``window == 0``: over the whole image."""
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    if window == 0:
+        return z.mean((2, 3), keepdim=True).expand_as(z).contiguous()
+    lo = window // 2
+    hi = window - 1 - lo
+    padded = torch.nn.functional.pad(z, (lo, hi, lo, hi), mode="replicate")
+    return torch.nn.functional.avg_pool2d(padded, window, stride=1)
+
+
+@torch.no_grad()
+def estimate_z(
+    model: torch.nn.Module,
+    lr: torch.Tensor,
+    window: int = DEFAULT_Z_WINDOW,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    amp: bool = False,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """A latent for upscaling ``lr`` estimated from ``lr`` alone (``--z estimate``).
+
+    ``z_hat = local_mean(f(B(lr))[:, C:], window)``: the latent the model assigns to the bicubic
+    upscale ``B(lr)`` of the LR (clipped to [0, 1]; any HR with this LR's colours), averaged
+    over ``window`` LR pixels (:func:`local_mean`). A trained IRN's forward pass leaves a
+    small offset in ``z`` that depends on the local colour, not on the detail (on flat
+    regions it is most of ``z``); ``z = 0`` throws it away and the inverse turns the loss into
+    a fixed pattern, while ``z_hat`` keeps it and the window averages away the detail that
+    ``B(lr)`` makes up. The forward pass runs tile by tile like :func:`latent_tiled`.
+
+    Returns:
+        float32 ``model.z_shape(lr.shape)`` on ``lr``'s device.
+    """
+    s = int(model.scale)
+    up = torch.nn.functional.interpolate(
+        lr.float(), scale_factor=s, mode="bicubic", align_corners=False
+    ).clamp_(0.0, 1.0)
+    z = latent_tiled(model, up, tile, overlap, amp, progress)
+    del up
+    return local_mean(z, window)
 
 
 def sample_z(
