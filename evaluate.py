@@ -336,6 +336,9 @@ def print_header(run: EvalRun, out: IO[str]) -> None:
         f", amp {str(amp).replace('torch.float16', 'fp16').replace('torch.bfloat16', 'bf16')}"
     )
     print(f"{what}; device {run.device}{amp_note if amp else ''}", file=out)
+    advice = cli.z_advice(cfg, info) if run.model is not None else None
+    if advice:
+        print(advice, file=out)
     lr_metrics = (
         "no LR' metrics (the upscaled LR is the bicubic LR itself)"
         if cfg.lr_source == "bicubic"

@@ -479,6 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, info = cli.load_rescaling_model(parser, cfg, device)
     cli.check_tile_scale(parser, cfg, int(model.scale))
     latent = None
+    if command == "up" and cli.z_advice(cfg, info):
+        print(cli.z_advice(cfg, info), flush=True)
     if command == "up" and cfg.z_from is not None:
         latent = cli.encode_z_from(parser, cfg, model, pad=True)
     if cfg.amp:

@@ -123,6 +123,8 @@ def _load_ours(obj: Mapping[str, Any], name: str, map_location: Any) -> tuple[IR
         "config": _config_dict(cfg),
         # what the forward pass gave on the training images (irn/ood.py); {} in older files
         "forward_stats": dict((obj.get("extra") or {}).get("forward_stats") or {}),
+        # the z' of training (--gaussian-scale); None in files that do not record it
+        "gaussian_scale": obj["config"].get("gaussian_scale"),
     }
     return model.eval(), info
 

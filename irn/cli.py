@@ -75,6 +75,7 @@ __all__ = [
     "z_field",
     "z_from_field",
     "z_from_mismatch",
+    "z_advice",
     "z_source",
     "z_window_field",
 ]
@@ -268,6 +269,18 @@ def check_latent_fields(cfg: Any) -> None:
         cfg.temperature = 0.0
     elif cfg.temperature == 0:
         cfg.z = "zero"
+
+
+def z_advice(cfg: Any, info: dict | None) -> str | None:
+    """A note when a sampled ``z`` meets a checkpoint trained with ``z' = 0`` (its inverse never
+    saw a sampled ``z``), else None."""
+    if info is None or info.get("gaussian_scale") != 0 or z_source(cfg) != "sample":
+        return None
+    return (
+        f"note: {cfg.checkpoint} was trained with --gaussian-scale 0 (its inverse only saw "
+        f"z = 0); a sampled z at temperature {cfg.temperature:g} is far from that: upscale "
+        "with --z estimate (docs/real_photos.md) or --z zero"
+    )
 
 
 def z_source(cfg: Any) -> str:

@@ -141,3 +141,28 @@ def test_heldout_measure_with_estimate():
     zero = heldout.measure(model, photos, 0.0, 1, False, ref)
     est = heldout.measure(model, photos, 1.0, 1, False, ref, z_estimate=7)
     assert est[0]["bicubic"] == zero[0]["bicubic"] and est[0]["diff"] > zero[0]["diff"] + 3
+
+
+def test_sampled_z_on_a_zero_trained_checkpoint_gets_a_note(tmp_path, capsys):
+    model = tiny_x4()
+    save_image(tmp_path / "d" / "flat.png", photo())
+    paths = {}
+    for g in (0.0, 1.0):
+        paths[g] = tmp_path / f"g{g}.pt"
+        config = {"seed": 1, "gaussian_scale": g, "model": dataclasses.asdict(model.config)}
+        save_checkpoint(
+            paths[g], make_checkpoint(model=model, config=config, step=3, include_rng=False)
+        )
+    data = ["--data", str(tmp_path / "d"), "--draws", "1"]
+    assert evaluate.main(["--checkpoint", str(paths[0.0]), *data]) == 0
+    assert "trained with --gaussian-scale 0" in capsys.readouterr().out
+    for extra in (["--z", "estimate"], ["--z", "zero"]):
+        assert evaluate.main(["--checkpoint", str(paths[0.0]), *data, *extra]) == 0
+        assert "--gaussian-scale 0" not in capsys.readouterr().out
+    assert evaluate.main(["--checkpoint", str(paths[1.0]), *data]) == 0
+    assert "--gaussian-scale 0" not in capsys.readouterr().out
+    rescale.main(["down", str(tmp_path / "d" / "flat.png"), str(tmp_path / "lr.png"),
+                  "--checkpoint", str(paths[0.0])])  # fmt: skip
+    rescale.main(["up", str(tmp_path / "lr.png"), str(tmp_path / "hr.png"),
+                  "--checkpoint", str(paths[0.0])])  # fmt: skip
+    assert "trained with --gaussian-scale 0" in capsys.readouterr().out
