@@ -53,7 +53,7 @@ from common.quantize import quantize_ste
 from common.runtime import autocast_context
 from irn.data import validation_pairs
 from irn.evaluation import bicubic_baseline, evaluate_rescaling, mean_metrics
-from irn.losses import distribution_loss, mixed_loss
+from irn.losses import distribution_loss, mixed_loss, range_loss
 from irn.model import IRN, IRNConfig
 from irn.multiscale import latent_logscale_penalty
 from irn.training import StepNoise, Task, TrainConfig, draw_noise, train_distributed, unwrap
@@ -168,7 +168,8 @@ def compute_losses(
     ``(y, z) = f(x)``; ``L_guide`` on ``y`` (unquantised unless --quantize-guide-loss);
     ``y_q = Quant(y)`` (straight-through); ``x' = f^-1(y_q, z')`` with ``z'`` = ``noise.z``
     (``None``: 0); ``L_recon`` on ``x'``; ``L_distr = mean_b sum z^2`` (plus ``2 sum log sigma``
-    of a multi-scale IRN's learned prior, irn/multiscale.py). ``noise.qualities``
+    of a multi-scale IRN's learned prior, irn/multiscale.py); with ``--lambda-range``, the
+    hinge on ``y`` outside [0, 1] (:func:`irn.losses.range_loss`). ``noise.qualities``
     JPEG-compress ``y_q`` first (IRN-C). ``lambda_recon`` defaults to ``cfg.lambda_recon``.
     """
     c = lr_ref.shape[1]
@@ -193,7 +194,11 @@ def compute_losses(
     l_recon = mixed_loss(x_rec, hr, cfg.recon_loss, cfg.y_channel_usage)
     w_recon = cfg.lambda_recon if lambda_recon is None else lambda_recon
     total = lambda_guide * l_guide + w_recon * l_recon + cfg.lambda_distr * l_distr
-    return {"total": total, "guide": l_guide, "recon": l_recon, "distr": l_distr}
+    losses = {"total": total, "guide": l_guide, "recon": l_recon, "distr": l_distr}
+    if cfg.lambda_range > 0:  # off by default: the paper's objective, and its logged terms
+        losses["range"] = range_loss(lr)
+        losses["total"] = total + cfg.lambda_range * losses["range"]
+    return losses
 
 
 def sample_noise(

@@ -22,7 +22,7 @@ import torch
 
 from common.metrics import rgb_to_y
 
-__all__ = ["LOSS_KINDS", "pixel_loss", "luma", "mixed_loss", "distribution_loss"]
+__all__ = ["LOSS_KINDS", "pixel_loss", "luma", "mixed_loss", "distribution_loss", "range_loss"]
 
 LOSS_KINDS = ("l1", "l2", "charbonnier")
 CHARBONNIER_EPS = 1e-6
@@ -65,3 +65,16 @@ def distribution_loss(z: torch.Tensor) -> torch.Tensor:
     """``mean_b sum z^2`` (IRN's practical distribution-matching loss, IRN sec. 3.3)."""
     zf = z if z.dtype == torch.float64 else z.float()
     return (zf * zf).sum() / z.shape[0]
+
+
+def range_loss(lr: torch.Tensor) -> torch.Tensor:
+    """``mean_b sum (relu(y - 1) + relu(-y))``: how far the LR output ``y`` leaves [0, 1].
+
+    Not in the papers. An 8-bit ``LR'`` clips whatever lies outside [0, 1], and the forward
+    pass of a network trained on few bright photos overshoots on bright ones (a sunset's sky),
+    so the stored ``LR'`` loses what the inverse needs. The guidance loss barely sees a small
+    overshoot (the bicubic LR is just below 1 there); this hinge gives every sample outside the
+    range the same pull back (``--lambda-range``).
+    """
+    lf = lr if lr.dtype == torch.float64 else lr.float()
+    return (torch.relu(lf - 1.0) + torch.relu(-lf)).sum() / lr.shape[0]

@@ -197,6 +197,14 @@ class TrainConfig:
     lambda_distr: float = field(
         default=1.0, metadata={"help": "Weight of the distribution-matching loss sum(z^2)."}
     )
+    lambda_range: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the range loss: the LR output's distance outside [0, 1] "
+            "(irn/losses.py range_loss), against the clipping of bright 8-bit LR'. 0 = off "
+            "(the paper)."
+        },
+    )
     guide_loss: LossKind = field(default="l2", metadata={"help": "Guidance loss (authors: l2)."})
     recon_loss: LossKind = field(
         default="charbonnier",
@@ -335,6 +343,8 @@ class TrainConfig:
         _positive(self, ("lr", "lr_gamma", "loss_flip_scale"), True)
         if self.gaussian_scale < 0:
             raise ConfigError("must be >= 0", field="gaussian_scale")
+        if not (self.lambda_range >= 0 and math.isfinite(self.lambda_range)):
+            raise ConfigError(f"must be >= 0, got {self.lambda_range}", field="lambda_range")
         if not 0.0 <= self.smooth_patches < 1.0:
             raise ConfigError(
                 f"must be in [0, 1), got {self.smooth_patches}", field="smooth_patches"
