@@ -277,26 +277,21 @@ def evaluate_rescaling(
         tile_overlap: LR pixels of context on each side of a tile.
         progress: called as ``progress(stage, done, total)`` after each tile
             (``stage`` is ``"downscale"`` or ``"upscale k/n"``).
-        z: a fixed latent ``[1, z_channels, h, w]`` for the whole LR image instead of a sampled
-            one (latent transfer: ``z`` of another HR image, :func:`irn.tiling.latent_tiled`);
-            then one draw, and ``temperature`` must stay 1. Its size must match the LR's.
+        z: a fixed latent ``[1, z_channels, h, w]`` for the whole LR (latent transfer,
+            :func:`irn.tiling.latent_tiled`); then one draw, and ``temperature`` must stay 1.
         lr_source: ``"irn"`` upscales ``LR'`` (the protocol); ``"bicubic"`` upscales the 8-bit
             MATLAB-bicubic LR of the HR instead (super-resolution with the non-retrained IRN,
             the dissertation's SR approach #3, appendix A.2). ``LR'`` then does not exist, so the
             ``lr_*`` metrics are None.
-        z_estimate: upscale with ``z`` estimated from the stored LR (:func:`irn.tiling.estimate_z`
-            with this window in LR pixels, 0 = the whole image) instead of a sample; then one
-            draw, and ``temperature`` must stay 1 and ``z`` None.
+        z_estimate: upscale with ``z`` estimated from the stored LR, :func:`irn.tiling.estimate_z`
+            with this window (LR pixels; 0 = whole image); one draw, ``temperature`` stays 1.
 
     Returns:
         ``{psnr_y, ssim_y, psnr_rgb, ssim_rgb, lr_psnr_y, ..., draws, draw_psnr_y, seconds}``:
         metrics are means over draws; ``draw_psnr_y`` lists each draw's PSNR-Y.
     """
-    start = time.perf_counter()
-    scale = int(model.scale)
-    hr = modcrop(hr, scale)
-    if hr.dtype != np.float32:
-        hr = hr.astype(np.float32)
+    start, scale = time.perf_counter(), int(model.scale)
+    hr = modcrop(hr, scale).astype(np.float32, copy=False)
     _check_options(hr.shape, scale, lr_source, z, temperature, z_estimate)
     n = 1 if temperature == 0 or z is not None or z_estimate is not None else int(draws)
     tiling = (tile, tile_overlap, amp, progress)
