@@ -197,7 +197,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="Write the per-photo rows to this file.")
     p.add_argument("--write-dir", default=None, help="Write the crops as PNG into this folder.")
     p.add_argument("--photos", nargs="*", default=None, help="Only these photos (short names).")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.z_estimate is not None and args.z_estimate < 0:
+        p.error(f"--z-estimate {args.z_estimate}: the window must be >= 0 (0 = whole image)")
+    return args
 
 
 def write_crops(photos, folder: Path) -> None:

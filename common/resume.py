@@ -66,9 +66,11 @@ def reconcile_resume_flags(
     kept, changed = [], []
     for f in dataclasses.fields(cfg):
         name = f.name
-        if name not in stored or name in NOT_COMPARED:
+        if name in NOT_COMPARED or (name not in stored and name in set(locked)):
             continue
-        old, new = _norm(stored[name]), _norm(given[name])
+        # a setting newer than the checkpoint: it was trained with that setting's default
+        old = _norm(stored[name]) if name in stored else _norm(_default(f))
+        new = _norm(given[name])
         if old == new:
             continue
         if name in set(locked):
@@ -82,7 +84,8 @@ def reconcile_resume_flags(
             adopt[name] = old
             kept.append(f"{_flag(name)} {stored[name]}")
         else:
-            changed.append(f"{_flag(name)} {stored[name]} -> {given[name]}")
+            before = stored[name] if name in stored else f"{_default(f)} (default; not recorded)"
+            changed.append(f"{_flag(name)} {before} -> {given[name]}")
     lines = []
     if kept:
         lines.append(f"Resumed optimiser settings from the checkpoint: {', '.join(kept)}.")

@@ -180,8 +180,8 @@ def z_window_field() -> Any:
     """The ``--z-window`` field (used by ``--z estimate``)."""
     return _help(
         DEFAULT_Z_WINDOW,
-        "With --z estimate: LR pixels each side of the box the estimated z is averaged over "
-        "(0 = the whole image).",
+        "With --z estimate: side, in LR pixels, of the square box the estimated z is averaged "
+        "over (0 = the whole image).",
     )
 
 

@@ -306,7 +306,9 @@ def estimate_z(
     small offset in ``z`` that depends on the local colour, not on the detail (on flat
     regions it is most of ``z``); ``z = 0`` throws it away and the inverse turns the loss into
     a fixed pattern, while ``z_hat`` keeps it and the window averages away the detail that
-    ``B(lr)`` makes up. The forward pass runs tile by tile like :func:`latent_tiled`.
+    ``B(lr)`` makes up. The forward pass runs tile by tile like :func:`latent_tiled`, but
+    ``B(lr)`` and the latent are whole-image tensors (12 bytes per HR pixel each, float32), on
+    top of what :func:`upscale_tiled` needs; ``--memory-budget`` does not count them.
 
     Returns:
         float32 ``model.z_shape(lr.shape)`` on ``lr``'s device.

@@ -109,3 +109,14 @@ def every_layer_flow(seed: int = 0, clamped_coupling: bool = False) -> nn.Module
     flow = FlowSequential(*layers, Squeeze(), AffineCoupling(32, conv, scale_fn="exp"))
     flow(torch.randn(4, 2, 8, 8))  # ActNorm data-dependent init
     return perturb_(flow, std=0.05, seed=seed)
+
+
+def tiny_irn_x4(std: float = 0.05, seed: int = 1) -> nn.Module:
+    """A small x4 IRN (one coupling per level, gc 4), the same at every call, perturbed away
+    from the identity and in eval mode."""
+    from irn.model import IRN, IRNConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        irn = IRN(IRNConfig(scale=4, blocks_per_level=1, gc=4))
+    return perturb_(irn, std=std, seed=seed).eval()

@@ -11,16 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import diagnose_real  # noqa: E402
-from flow_checks import perturb_  # noqa: E402
-
-from irn.model import IRN, IRNConfig  # noqa: E402
-
-
-def tiny_x4() -> IRN:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        irn = IRN(IRNConfig(scale=4, blocks_per_level=1, gc=4))
-    return perturb_(irn, std=0.05, seed=1).eval()
+from flow_checks import tiny_irn_x4 as tiny_x4  # noqa: E402
 
 
 def test_z_offset_is_the_constant_part_of_z():

@@ -71,3 +71,10 @@ def test_measure_one_synthetic_photo():
     assert r["bicubic"] > 20.0 and r["irn"] > 0.0
     assert 0.0 <= r["p999_bicubic"] < 255.0 and 0.0 <= r["p999_irn"] <= 255.0
     assert r["p999_irn"] >= heldout.rmse_levels(r["irn"]) * 0.5  # a tail is not below the rms
+
+
+def test_z_estimate_window_checked_at_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        heldout.parse_args(["--z-estimate", "-3"])
+    assert "--z-estimate -3: the window must be >= 0" in capsys.readouterr().err
+    assert heldout.parse_args(["--z-estimate", "0"]).z_estimate == 0

@@ -464,6 +464,19 @@ def test_optimiser_flags_on_resume_are_refused_or_taken_from_the_checkpoint(
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == 1e-4
 
 
+def test_a_setting_the_checkpoint_predates_is_reported_on_resume(tmp_path, data, capsys):
+    _train(tmp_path, data, "--iters", "1")
+    last = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    del ckpt["config"]["lambda_range"]  # as in a checkpoint written before the flag existed
+    torch.save(ckpt, last)
+    capsys.readouterr()
+    result = _train(tmp_path, data, "--iters", "2", "--resume", "auto", "--lambda-range", "2")
+    assert "--lambda-range 0.0 (default; not recorded) -> 2.0" in capsys.readouterr().out
+    assert result["step"] == 2
+    assert torch.load(last, weights_only=False)["config"]["lambda_range"] == 2.0
+
+
 def test_resuming_at_or_past_iters_does_nothing(tmp_path, data, capsys, monkeypatch):
     _train(tmp_path, data, "--iters", "2")
     monkeypatch.setattr(irn_training, "load_data", _no_data)  # decided before reading data

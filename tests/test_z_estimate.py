@@ -11,25 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flow_checks import perturb_
+from flow_checks import tiny_irn_x4 as tiny_x4
 
 import evaluate
 import rescale
 from common.checkpoint import make_checkpoint, save_checkpoint
 from common.images import load_image, save_image
 from irn.evaluation import evaluate_rescaling
-from irn.model import IRN, IRNConfig
 from irn.tiling import estimate_z, latent_tiled, local_mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import heldout  # noqa: E402
-
-
-def tiny_x4() -> IRN:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        irn = IRN(IRNConfig(scale=4, blocks_per_level=1, gc=4))
-    return perturb_(irn, std=0.05, seed=1).eval()
 
 
 def photo(h=48, w=64, seed=0) -> np.ndarray:
