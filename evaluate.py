@@ -53,6 +53,7 @@ from irn.data import NamedImage
 from irn.evaluation import HR_KEYS, LR_KEYS, bicubic_baseline, evaluate_rescaling, mean_metrics
 from irn.figures import save_outputs
 from irn.ood import check_image
+from irn.tiling import DEFAULT_Z_WINDOW
 
 PROTOCOL = (
     "IRN (Xiao et al., ECCV 2020) sec. 4: modcrop; Y = BT.601; HR crop_border = scale; LR vs "
@@ -68,7 +69,8 @@ _NOT_FOR_BICUBIC = {
     "draws": 5,
     "temperature": 1.0,
     "seed": 0,
-    "z": "sample",
+    "z": "auto",
+    "z_window": DEFAULT_Z_WINDOW,
     "z_from": None,
     "lr_source": "irn",
     "tile": None,
@@ -110,7 +112,7 @@ class EvalConfig:
     )
     temperature: float = cli.temperature_field()
     seed: int = cli.seed_field("per image")
-    z: Literal["sample", "zero", "estimate"] = cli.z_field()
+    z: Literal["auto", "sample", "zero", "estimate"] = cli.z_field()
     z_window: int = cli.z_window_field()
     z_from: Path | None = cli.z_from_field(
         "Modcropped like the evaluated images; every evaluated image must have an LR of that size."
@@ -291,6 +293,9 @@ def prepare(
     model, info = None, None
     if cfg.method == "irn":
         model, info = cli.load_rescaling_model(parser, cfg, device)
+    auto_note = cli.resolve_auto_z(cfg, info)
+    if auto_note:
+        print(auto_note, flush=True)
     scale = int(cfg.scale if model is None else model.scale)
     cli.check_tile_scale(parser, cfg, scale)
     run = EvalRun(cfg, device, model, info, scale)

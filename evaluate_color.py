@@ -66,7 +66,7 @@ class ColorEvalConfig:
     )
     temperature: float = cli.temperature_field()
     seed: int = cli.seed_field("per image")
-    z: Literal["sample", "zero"] = cli.z_field()
+    z: Literal["sample", "zero"] = cli.z_field(default="sample")
     json: Path | None = cli.json_field()
     save_images: Path | None = field(
         default=None,

@@ -3,15 +3,16 @@
     python rescale.py down photo.jpg photo_lr.png --checkpoint IRN_x4.pth
     python rescale.py up photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --seed 1
     python rescale.py up photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --z zero
-    python rescale.py up photo_lr.png photo_hr.png --checkpoint runs/real/last.pt --z estimate
+    python rescale.py up photo_lr.png photo_hr.png --checkpoint runs/real/last.pt  # z estimated
     python rescale.py up photo_lr.png photo_hr.png --checkpoint IRN_x4.pth --z-from photo.jpg
     python rescale.py down photos/ photos_lr/ --checkpoint IRN_x4.pth --tile auto   # folders
     python rescale.py up photos_lr/ photos_hr/ --checkpoint IRN_x4.pth
 
 ``down`` writes LR = Quant(f(HR)[:, :3]), the low-frequency half of the forward map rounded to
 8 bits; ``up`` writes HR' = f^-1(LR, z) with z ~ N(0, temperature^2) (``--seed``), z = 0
-(``--z zero``, the "mean" upscaling), z estimated from the LR (``--z estimate``, for a model
-trained with ``--gaussian-scale 0``: ``irn/tiling.py`` ``estimate_z``) or z = f(IMAGE)[:, 3:] of
+(``--z zero``, the "mean" upscaling), z estimated from the LR (``--z estimate``, chosen by the
+default ``--z auto`` for a model trained with ``--gaussian-scale 0``: ``irn/tiling.py``
+``estimate_z``) or z = f(IMAGE)[:, 3:] of
 another image (``--z-from``, latent transfer); IRN, Xiao et al., ECCV 2020, sec. 3
 (docs/method.md: the network, quantisation).
 The checkpoint is this project's (``train_irn.py``) or the authors' released ``.pth``.
@@ -97,7 +98,7 @@ class UpscaleConfig(DownscaleConfig):
 
     temperature: float = cli.temperature_field()
     seed: int = cli.seed_field("each image")
-    z: Literal["sample", "zero", "estimate"] = cli.z_field()
+    z: Literal["auto", "sample", "zero", "estimate"] = cli.z_field()
     z_window: int = cli.z_window_field()
     z_from: Path | None = cli.z_from_field(
         "Here an HR image of size LR * scale (or the original photo the LR was downscaled "
@@ -479,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, info = cli.load_rescaling_model(parser, cfg, device)
     cli.check_tile_scale(parser, cfg, int(model.scale))
     latent = None
+    auto_note = cli.resolve_auto_z(cfg, info)
+    if command == "up" and auto_note:
+        print(auto_note, flush=True)
     if command == "up" and cli.z_advice(cfg, info):
         print(cli.z_advice(cfg, info), flush=True)
     if command == "up" and cfg.z_from is not None:

@@ -62,6 +62,7 @@ __all__ = [
     "memory_hint",
     "parse_size",
     "print_tile_progress",
+    "resolve_auto_z",
     "resolve_tile",
     "seed_field",
     "setup_device",
@@ -90,12 +91,18 @@ _TILE_HELP = (
     "are processed one at a time and stitched. Not given: the whole image at once, or 'auto' "
     "when that is estimated to exceed --memory-budget."
 )
+_Z_HELP_AUTO = (
+    "'auto' ('estimate' for a checkpoint trained with --gaussian-scale 0, whose inverse never "
+    "saw a sampled z; 'sample' for any other, or when --temperature is given), "
+)
 _Z_HELP = (
-    "Latent z of the upscaling: 'sample' (z ~ N(0, temperature^2)), 'zero' (z = 0, the 'mean' "
-    "upscaling; the same as --temperature 0; one draw, as every draw would be identical) or "
-    "'estimate' (z estimated from the LR: the local mean over --z-window LR pixels of the z the "
-    "model gives the LR's bicubic upscale, irn/tiling.py estimate_z; one draw; for models "
-    "trained with --gaussian-scale 0, docs/real_photos.md)."
+    "'sample' (z ~ N(0, temperature^2)) or 'zero' (z = 0, the 'mean' upscaling; the same as "
+    "--temperature 0; one draw, as every draw would be identical)"
+)
+_Z_HELP_ESTIMATE = (
+    " or 'estimate' (z estimated from the LR: the local mean over --z-window LR pixels of the z "
+    "the model gives the LR's bicubic upscale, irn/tiling.py estimate_z; one draw; for models "
+    "trained with --gaussian-scale 0, docs/real_photos.md)"
 )
 _Z_FROM_HELP = (
     "Latent transfer: encode this HR image with the model and upscale with its z = "
@@ -171,9 +178,14 @@ def seed_field(per: str) -> Any:
     return _help(0, f"Seed of the z generator ({per}).")
 
 
-def z_field() -> Any:
-    """The ``--z`` field (``sample`` or ``zero``)."""
-    return _help("sample", _Z_HELP)
+def z_field(default: str = "auto") -> Any:
+    """The ``--z`` field: ``auto``, ``sample``, ``zero`` or ``estimate``; a script without the
+    estimate passes ``default="sample"`` and offers ``sample`` or ``zero``."""
+    if default == "auto":
+        text = f"{_Z_HELP_AUTO}{_Z_HELP.replace(' or ', ', ', 1)}{_Z_HELP_ESTIMATE}"
+    else:
+        text = _Z_HELP
+    return _help(default, f"Latent z of the upscaling: {text}.")
 
 
 def z_window_field() -> Any:
@@ -250,17 +262,16 @@ def check_latent_fields(cfg: Any) -> None:
     """
     if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
         raise ConfigError(f"must be >= 0, got {cfg.temperature}", field="temperature")
+    if cfg.z == "auto" and (getattr(cfg, "z_from", None) is not None or cfg.temperature != 1.0):
+        cfg.z = "sample"  # a transferred z, or a temperature asked for: no estimate
     if getattr(cfg, "z_from", None) is not None:
         _check_z_from(cfg)
-    if cfg.z == "estimate":
-        if cfg.temperature != 1.0:
-            raise ConfigError(
-                f"{cfg.temperature} applies to a sampled z only, not to --z estimate",
-                field="temperature",
-            )
-        if getattr(cfg, "z_window", 0) < 0:
-            raise ConfigError(f"must be >= 0, got {cfg.z_window}", field="z_window")
-    elif cfg.z == "zero":
+    if cfg.z == "estimate" and cfg.temperature != 1.0:
+        raise ConfigError(
+            f"{cfg.temperature} applies to a sampled z only, not to --z estimate",
+            field="temperature",
+        )
+    if cfg.z == "zero":
         if cfg.temperature not in (0.0, 1.0):
             raise ConfigError(
                 f"{cfg.temperature} contradicts --z zero (z = 0 is temperature 0)",
@@ -269,6 +280,36 @@ def check_latent_fields(cfg: Any) -> None:
         cfg.temperature = 0.0
     elif cfg.temperature == 0:
         cfg.z = "zero"
+    _check_z_window(cfg)
+
+
+def _check_z_window(cfg: Any) -> None:
+    window = getattr(cfg, "z_window", DEFAULT_Z_WINDOW)
+    if window != DEFAULT_Z_WINDOW and cfg.z not in ("auto", "estimate"):
+        raise ConfigError(
+            f"{window} applies to --z estimate only, not to a {z_source(cfg)} z", field="z_window"
+        )
+    if window < 0:
+        raise ConfigError(f"must be >= 0, got {window}", field="z_window")
+
+
+def resolve_auto_z(cfg: Any, info: dict | None) -> str | None:
+    """Settle ``--z auto`` once the checkpoint's ``info`` is known: ``estimate`` when it was
+    trained with ``--gaussian-scale 0`` (``z' = 0``: its inverse never saw a sampled ``z``,
+    docs/real_photos.md), else ``sample``. Returns a note when the estimate was chosen, or when
+    a ``--z-window`` goes unused."""
+    if getattr(cfg, "z", None) != "auto":
+        return None
+    trained_on_zero = info is not None and info.get("gaussian_scale") == 0
+    cfg.z = "estimate" if trained_on_zero else "sample"
+    if not trained_on_zero:
+        if getattr(cfg, "z_window", DEFAULT_Z_WINDOW) != DEFAULT_Z_WINDOW:
+            return f"note: --z auto samples z for {cfg.checkpoint}; --z-window is not used"
+        return None
+    return (
+        f"--z auto: z estimated from the LR (window {cfg.z_window}), as {cfg.checkpoint} was "
+        "trained with --gaussian-scale 0; --z sample or --z zero to choose otherwise"
+    )
 
 
 def z_advice(cfg: Any, info: dict | None) -> str | None:

@@ -135,9 +135,8 @@ def test_heldout_measure_with_estimate():
     assert est[0]["bicubic"] == zero[0]["bicubic"] and est[0]["diff"] > zero[0]["diff"] + 3
 
 
-def test_sampled_z_on_a_zero_trained_checkpoint_gets_a_note(tmp_path, capsys):
+def _zero_and_normal_checkpoints(tmp_path):
     model = tiny_x4()
-    save_image(tmp_path / "d" / "flat.png", photo())
     paths = {}
     for g in (0.0, 1.0):
         paths[g] = tmp_path / f"g{g}.pt"
@@ -145,16 +144,45 @@ def test_sampled_z_on_a_zero_trained_checkpoint_gets_a_note(tmp_path, capsys):
         save_checkpoint(
             paths[g], make_checkpoint(model=model, config=config, step=3, include_rng=False)
         )
+    return paths
+
+
+def _z_setting(ckpt, data, extra, tmp_path, capsys):
+    out_json = tmp_path / "eval.json"
+    assert evaluate.main(["--checkpoint", str(ckpt), *data, *extra, "--json", str(out_json)]) == 0
+    settings = json.loads(out_json.read_text())["settings"]
+    return settings["z"], capsys.readouterr().out
+
+
+def test_z_auto_estimates_for_a_zero_trained_checkpoint_and_notes_a_sampled_z(tmp_path, capsys):
+    paths = _zero_and_normal_checkpoints(tmp_path)
+    save_image(tmp_path / "d" / "flat.png", photo())
     data = ["--data", str(tmp_path / "d"), "--draws", "1"]
-    assert evaluate.main(["--checkpoint", str(paths[0.0]), *data]) == 0
-    assert "trained with --gaussian-scale 0" in capsys.readouterr().out
-    for extra in (["--z", "estimate"], ["--z", "zero"]):
-        assert evaluate.main(["--checkpoint", str(paths[0.0]), *data, *extra]) == 0
-        assert "--gaussian-scale 0" not in capsys.readouterr().out
-    assert evaluate.main(["--checkpoint", str(paths[1.0]), *data]) == 0
-    assert "--gaussian-scale 0" not in capsys.readouterr().out
+    z, out = _z_setting(paths[0.0], data, [], tmp_path, capsys)
+    assert z == "estimate" and "--z auto: z estimated" in out
+    for extra, expected in ((["--z", "estimate"], "estimate"), (["--z", "zero"], "zero")):
+        z, out = _z_setting(paths[0.0], data, extra, tmp_path, capsys)
+        assert z == expected and "--gaussian-scale 0" not in out
+    for extra in (["--z", "sample"], ["--temperature", "0.8"]):
+        z, out = _z_setting(paths[0.0], data, extra, tmp_path, capsys)
+        assert z == "sample" and "note: " in out and "trained with --gaussian-scale 0" in out
+    z, out = _z_setting(paths[1.0], data, [], tmp_path, capsys)
+    assert z == "sample" and "--gaussian-scale 0" not in out
     rescale.main(["down", str(tmp_path / "d" / "flat.png"), str(tmp_path / "lr.png"),
                   "--checkpoint", str(paths[0.0])])  # fmt: skip
     rescale.main(["up", str(tmp_path / "lr.png"), str(tmp_path / "hr.png"),
                   "--checkpoint", str(paths[0.0])])  # fmt: skip
-    assert "trained with --gaussian-scale 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--z auto: z estimated" in out and "z estimated from the LR, window 7" in out
+
+
+def test_z_window_without_the_estimate_is_refused(tmp_path, capsys):
+    paths = _zero_and_normal_checkpoints(tmp_path)
+    save_image(tmp_path / "d" / "flat.png", photo())
+    base = ["--checkpoint", str(paths[1.0]), "--data", str(tmp_path / "d")]
+    for extra in (["--z", "zero"], ["--z", "sample"], ["--temperature", "0.5"]):
+        with pytest.raises(SystemExit):
+            evaluate.main([*base, *extra, "--z-window", "3"])
+        assert "--z-window" in capsys.readouterr().err
+    assert evaluate.main([*base, "--draws", "1", "--z-window", "3"]) == 0
+    assert "--z-window is not used" in capsys.readouterr().out
