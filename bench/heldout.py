@@ -12,6 +12,7 @@ measured on the same pixels::
     python bench/heldout.py --checkpoint runs/irn_x4/last.pt --threads 1
     python bench/heldout.py --checkpoint a.pt b.pt --temperature 0 --json heldout.json
     python bench/heldout.py --checkpoint a.pt --z-estimate 7     # evaluate.py's --z estimate
+    # neither --temperature nor --z-estimate: as evaluate.py's --z auto
     python bench/heldout.py --write-dir heldout_png      # the crops as PNG, e.g. for evaluate.py
 
 The last line says whether the model meets the bar of docs/real_photos.md: on average within
@@ -43,6 +44,7 @@ from irn.checkpoints import load_irn  # noqa: E402
 from irn.data import sample_photos  # noqa: E402
 from irn.evaluation import bicubic_baseline, evaluate_rescaling  # noqa: E402
 from irn.ood import check_image, training_reference  # noqa: E402
+from irn.tiling import DEFAULT_Z_WINDOW  # noqa: E402
 
 HELDOUT_ROOT = Path("/usr/share/backgrounds")
 INSTALL = "sudo apt-get install -y lomiri-wallpapers"
@@ -185,11 +187,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", nargs="*", default=[], help="IRN checkpoints to measure.")
     p.add_argument("--root", default=str(HELDOUT_ROOT), help="Folder of the wallpapers.")
-    p.add_argument("--temperature", type=float, default=1.0, help="Std of z (0: z = 0).")
+    p.add_argument(
+        "--temperature", type=float, default=None,
+        help="Std of a sampled z (0: z = 0). Neither this nor --z-estimate given: as evaluate.py "
+        "--z auto (the estimate for a checkpoint trained with --gaussian-scale 0, else 1).",
+    )  # fmt: skip
     p.add_argument(
         "--z-estimate", type=int, default=None, metavar="WINDOW",
         help="Upscale with z estimated from the LR (evaluate.py --z estimate --z-window WINDOW) "
-        "instead of a sample; --temperature is then not used.",
+        "instead of a sample.",
     )  # fmt: skip
     p.add_argument("--draws", type=int, default=1, help="Samples of z averaged per photo.")
     p.add_argument("--amp", action="store_true", help="Run the network under autocast.")
@@ -200,7 +206,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.z_estimate is not None and args.z_estimate < 0:
         p.error(f"--z-estimate {args.z_estimate}: the window must be >= 0 (0 = whole image)")
+    if args.z_estimate is not None and args.temperature is not None:
+        p.error("--temperature applies to a sampled z; --z-estimate replaces it: give one")
     return args
+
+
+def latent_choice(args: argparse.Namespace, info: dict) -> tuple[float, int | None, str]:
+    """``(temperature, z_estimate window or None, description)`` for one checkpoint: the
+    flags, or (neither given) the estimate for a checkpoint trained with ``--gaussian-scale 0``
+    and a sample at temperature 1 for any other, as ``evaluate.py --z auto``."""
+    window, temperature = args.z_estimate, args.temperature
+    if window is None and temperature is None and info.get("gaussian_scale") == 0:
+        window = DEFAULT_Z_WINDOW
+    if window is not None:
+        return 1.0, window, f"z estimated, window {window}"
+    temperature = 1.0 if temperature is None else temperature
+    return temperature, None, f"temperature {temperature:g}"
 
 
 def write_crops(photos, folder: Path) -> None:
@@ -225,16 +246,12 @@ def main(argv: list[str] | None = None) -> dict:
     for ckpt in args.checkpoint:
         model, info = load_irn(ckpt)
         reference = reference_for(ckpt, info, model)
-        rows = measure(
-            model, photos, args.temperature, args.draws, args.amp, reference, args.z_estimate
-        )
+        temperature, window, how = latent_choice(args, info)
+        rows = measure(model, photos, temperature, args.draws, args.amp, reference, window)
         summary = summarise(rows)
-        how = f"temperature {args.temperature:g}"
-        if args.z_estimate is not None:
-            how = f"z estimated, window {args.z_estimate}"
         print(table(f"{ckpt} ({how})", rows, summary), flush=True)
-        results[ckpt] = {"rows": rows, "summary": summary, "temperature": args.temperature,
-                         "z_estimate": args.z_estimate}  # fmt: skip
+        results[ckpt] = {"rows": rows, "summary": summary, "temperature": temperature,
+                         "z_estimate": window}  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results

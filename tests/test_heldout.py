@@ -78,3 +78,20 @@ def test_z_estimate_window_checked_at_the_flag(capsys):
         heldout.parse_args(["--z-estimate", "-3"])
     assert "--z-estimate -3: the window must be >= 0" in capsys.readouterr().err
     assert heldout.parse_args(["--z-estimate", "0"]).z_estimate == 0
+
+
+def test_latent_follows_the_flags_or_the_checkpoints_training_z():
+    zero, normal = {"gaussian_scale": 0.0}, {"gaussian_scale": 1.0}
+    auto = heldout.parse_args([])
+    assert heldout.latent_choice(auto, zero)[:2] == (1.0, heldout.DEFAULT_Z_WINDOW)
+    assert heldout.latent_choice(auto, normal)[:2] == (1.0, None)
+    assert heldout.latent_choice(auto, {})[:2] == (1.0, None)  # the authors' .pth: no record
+    cold = heldout.parse_args(["--temperature", "0"])
+    assert heldout.latent_choice(cold, zero)[:2] == (0.0, None)
+    assert heldout.latent_choice(heldout.parse_args(["--z-estimate", "3"]), normal)[:2] == (1.0, 3)
+
+
+def test_temperature_and_estimate_together_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        heldout.parse_args(["--z-estimate", "7", "--temperature", "0.5"])
+    assert "--temperature" in capsys.readouterr().err
