@@ -56,6 +56,7 @@ from irn.evaluation import bicubic_baseline, evaluate_rescaling, mean_metrics
 from irn.losses import distribution_loss, mixed_loss, range_loss
 from irn.model import IRN, IRNConfig
 from irn.multiscale import latent_logscale_penalty
+from irn.tiling import DEFAULT_Z_WINDOW
 from irn.training import StepNoise, Task, TrainConfig, draw_noise, train_distributed, unwrap
 
 
@@ -227,27 +228,29 @@ def z_shape(model: torch.nn.Module, hr_shape: tuple[int, ...]) -> tuple[int, ...
 # ---------------------------------------------------------------------------------------------
 
 
+def validation_latent(cfg: IRNTrainConfig) -> dict[str, Any]:
+    """How validation upscales: z sampled at ``--gaussian-scale`` (``--val-draws`` draws), or,
+    for a run trained with ``--gaussian-scale 0``, z estimated from LR' (``evaluate.py``'s
+    default ``--z auto`` for such a checkpoint: :func:`irn.tiling.estimate_z`)."""
+    if cfg.gaussian_scale == 0:
+        return {"z_estimate": DEFAULT_Z_WINDOW}
+    return {"temperature": cfg.gaussian_scale, "draws": cfg.val_draws, "seed": cfg.seed}
+
+
 def validate(model, pairs, cfg: IRNTrainConfig, device, amp) -> dict[str, float]:
     """Mean HR' and LR' metrics over the validation images (the evaluation protocol of
-    ``evaluate.py``; ``--val-draws`` samples of z at ``--gaussian-scale``)."""
+    ``evaluate.py``; z as :func:`validation_latent` says)."""
+    latent = validation_latent(cfg)
     rows = [
-        evaluate_rescaling(
-            unwrap(model),
-            p["hr"],
-            draws=cfg.val_draws,
-            temperature=cfg.gaussian_scale,
-            seed=cfg.seed,
-            device=device,
-            amp=amp,
-        )
-        for p in pairs
+        evaluate_rescaling(unwrap(model), p["hr"], device=device, amp=amp, **latent) for p in pairs
     ]
     return mean_metrics(rows)
 
 
 @torch.no_grad()
-def preview_images(model, pair, device, amp) -> dict[str, np.ndarray]:
-    """HR, bicubic LR, LR', HR' and |HR' - HR| (x4 for visibility) of a fixed validation crop."""
+def preview_images(model, pair, cfg: IRNTrainConfig, device, amp) -> dict[str, np.ndarray]:
+    """HR, bicubic LR, LR', HR' (one draw, z as in validation) and |HR' - HR| (x4 for
+    visibility) of a fixed validation crop."""
     scale = unwrap(model).scale
     hr = pair["hr"]
     size = min(hr.shape[0], hr.shape[1], 192)
@@ -256,16 +259,10 @@ def preview_images(model, pair, device, amp) -> dict[str, np.ndarray]:
     top -= top % scale
     left -= left % scale
     crop = np.ascontiguousarray(hr[top : top + size, left : left + size])
+    latent = {**validation_latent(cfg), "draws": 1}
     out = evaluate_rescaling(
-        unwrap(model),
-        crop,
-        draws=1,
-        temperature=1.0,
-        seed=0,
-        device=device,
-        amp=amp,
-        return_images=True,
-    )
+        unwrap(model), crop, device=device, amp=amp, return_images=True, **latent
+    )  # fmt: skip
     bic = imresize(crop.astype(np.float64), scale=1.0 / scale).clip(0, 1)
     rec = out["hr_rec"].astype(np.float32) / 255.0
     err = np.clip(np.abs(rec - crop) * 4.0, 0.0, 1.0)

@@ -119,7 +119,7 @@ def validate_color(model, pairs, cfg: ColorTrainConfig, device, amp) -> dict[str
     return mean_metrics(rows)
 
 
-def preview(model, pair, device, amp) -> dict[str, np.ndarray]:
+def preview(model, pair, cfg, device, amp) -> dict[str, np.ndarray]:
     return preview_color(model, pair["hr"], device, amp)
 
 

@@ -380,7 +380,7 @@ class Task:
     ``losses(model, hr, lr_ref, cfg, noise, lambda_guide, lambda_recon, amp)`` returns the
     losses of a batch (``total``, ``guide``, ``recon``, ``distr``); ``z_shape(model, hr_shape)``
     the shape of ``z`` for an HR batch shape; ``validate(model, pairs, cfg, device, amp)`` the
-    mean validation metrics; ``preview(model, pair, device, amp)`` named images for
+    mean validation metrics; ``preview(model, pair, cfg, device, amp)`` named images for
     TensorBoard; ``val_line(metrics, baseline)`` the validation line; ``summary(run)`` the
     closing lines; ``validation_pairs(images, scale)`` the validation data;
     ``baseline(pairs, scale)`` the baseline's metrics on them (``None``: no baseline).
@@ -705,7 +705,7 @@ def validate_and_log(run: IRNRun) -> None:
     metrics["step"] = run.step
     run.val_history.append(metrics)
     run.tb.scalars({k: v for k, v in metrics.items() if k != "step"}, run.step, prefix="val/")
-    for name, img in task.preview(run.model, run.val_pairs[0], run.device, amp).items():
+    for name, img in task.preview(run.model, run.val_pairs[0], run.cfg, run.device, amp).items():
         run.tb.image(f"val_images/{name}", img, run.step, dataformats="HWC")
     run.progress.write(f"[val {run.step}] " + task.val_line(metrics, run.baseline))
     if metrics[task.best_key] > run.best:

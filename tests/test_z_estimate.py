@@ -186,3 +186,22 @@ def test_z_window_without_the_estimate_is_refused(tmp_path, capsys):
         assert "--z-window" in capsys.readouterr().err
     assert evaluate.main([*base, "--draws", "1", "--z-window", "3"]) == 0
     assert "--z-window is not used" in capsys.readouterr().out
+
+
+def test_training_validates_a_zero_trained_run_with_the_estimate():
+    import train_irn
+
+    model = tiny_x4()
+    pairs = [{"hr": photo(48, 64, seed)} for seed in (0, 1)]
+    zero_cfg = dataclasses.replace(train_irn.IRNTrainConfig(), gaussian_scale=0.0)
+    got = train_irn.validate(model, pairs, zero_cfg, "cpu", False)
+    rows = [evaluate_rescaling(model, p["hr"], z_estimate=7) for p in pairs]
+    assert got["psnr_y"] == pytest.approx(np.mean([r["psnr_y"] for r in rows]), abs=1e-9)
+    at_zero = np.mean([evaluate_rescaling(model, p["hr"], temperature=0)["psnr_y"] for p in pairs])
+    assert abs(got["psnr_y"] - at_zero) > 1.0  # the estimate, not z = 0
+    square = {"hr": photo(48, 48)}  # the preview's crop is the whole of it
+    preview = train_irn.preview_images(model, square, zero_cfg, "cpu", False)
+    estimated = evaluate_rescaling(model, square["hr"], z_estimate=7, return_images=True)
+    np.testing.assert_array_equal(preview["4_hr_irn"] * 255.0, estimated["hr_rec"])
+    sampled_cfg = train_irn.IRNTrainConfig()
+    assert train_irn.validation_latent(sampled_cfg)["temperature"] == 1.0
