@@ -14,6 +14,11 @@ measured on the same pixels::
     python bench/heldout.py --checkpoint a.pt --z-estimate 7     # evaluate.py's --z estimate
     # neither --temperature nor --z-estimate: as evaluate.py's --z auto
     python bench/heldout.py --write-dir heldout_png      # the crops as PNG, e.g. for evaluate.py
+    python bench/heldout.py --set mate --checkpoint a.pt  # the independent second set
+
+``--set mate`` is the second set, kept out of every choice made with the first: the 12 nature
+photos of ``mate-backgrounds`` (``sudo apt-get install -y mate-backgrounds``), the photos the
+sample-trained model first failed on (a dune, a meadow, a ladybird, a storm sky, ...).
 
 The last line says whether the model meets the bar of docs/real_photos.md: on average within
 1 dB of bicubic (or above) and never more than 3 dB below it on any photo. The "rmse" column
@@ -63,6 +68,19 @@ HELDOUT = (
     "seeding_by_Clements_Engelhardt.jpg",
     "sunset_by_Aitzol_Berasategi.jpg",
 )
+MATE_NATURE = (
+    "Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg", "GreenMeadow.jpg",
+    "LadyBird.jpg", "RainDrops.jpg", "Storm.jpg", "TwoWings.jpg", "Wood.jpg", "YellowFlower.jpg",
+)  # fmt: skip
+PHOTO_SETS = {
+    # name: (default folder, files, how to get them)
+    "lomiri": (HELDOUT_ROOT, HELDOUT, INSTALL),
+    "mate": (
+        HELDOUT_ROOT / "mate" / "nature",
+        MATE_NATURE,
+        "sudo apt-get install -y mate-backgrounds",
+    ),
+}
 CROP = 512
 MEAN_BAR, WORST_BAR = -1.0, -3.0
 
@@ -87,17 +105,22 @@ def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(img[top : top + size, left : left + size])
 
 
-def heldout_photos(root: Path = HELDOUT_ROOT, crop: int = CROP) -> list[tuple[str, np.ndarray]]:
-    """``(short name, centre crop as float32 RGB in [0, 1])`` for each held-out photo."""
-    missing = [n for n in HELDOUT if not (root / n).is_file()]
+def heldout_photos(
+    root: Path | None = None, crop: int = CROP, photo_set: str = "lomiri"
+) -> list[tuple[str, np.ndarray]]:
+    """``(short name, centre crop as float32 RGB in [0, 1])`` for each photo of ``photo_set``
+    (:data:`PHOTO_SETS`), read from ``root`` (default: where its package installs them)."""
+    default_root, files, install = PHOTO_SETS[photo_set]
+    root = default_root if root is None else root
+    missing = [n for n in files if not (root / n).is_file()]
     if missing:
         raise SystemExit(
-            f"bench/heldout.py: {len(missing)} held-out photos missing under {root} (e.g. "
-            f"{missing[0]}); get them with: {INSTALL}"
+            f"bench/heldout.py: {len(missing)} photos of the {photo_set!r} set missing under "
+            f"{root} (e.g. {missing[0]}); get them with: {install}"
         )
     return [
-        (n.split("_by_")[0], centre_crop(to_float01(decode_image(root / n)), crop))
-        for n in HELDOUT
+        (Path(n).stem.split("_by_")[0], centre_crop(to_float01(decode_image(root / n)), crop))
+        for n in files
     ]
 
 
@@ -186,7 +209,15 @@ def table(label: str, rows: list[dict], summary: dict) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", nargs="*", default=[], help="IRN checkpoints to measure.")
-    p.add_argument("--root", default=str(HELDOUT_ROOT), help="Folder of the wallpapers.")
+    p.add_argument(
+        "--set", dest="photo_set", choices=sorted(PHOTO_SETS), default="lomiri",
+        help="lomiri: the 13 held-out photos of lomiri-wallpapers; mate: the 12 nature photos "
+        "of mate-backgrounds, an independent second check.",
+    )  # fmt: skip
+    p.add_argument(
+        "--root", default=None,
+        help="Folder of the set's photos (default: where its package installs them).",
+    )  # fmt: skip
     p.add_argument(
         "--temperature", type=float, default=None,
         help="Std of a sampled z (0: z = 0). Neither this nor --z-estimate given: as evaluate.py "
@@ -237,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    photos = heldout_photos(Path(args.root))
+    photos = heldout_photos(None if args.root is None else Path(args.root), CROP, args.photo_set)
     if args.photos:
         photos = [(n, hr) for n, hr in photos if n in args.photos]
     if args.write_dir:
@@ -251,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary = summarise(rows)
         print(table(f"{ckpt} ({how})", rows, summary), flush=True)
         results[ckpt] = {"rows": rows, "summary": summary, "temperature": temperature,
-                         "z_estimate": window}  # fmt: skip
+                         "z_estimate": window, "set": args.photo_set}  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results

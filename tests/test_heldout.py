@@ -95,3 +95,19 @@ def test_temperature_and_estimate_together_are_refused(capsys):
     with pytest.raises(SystemExit):
         heldout.parse_args(["--z-estimate", "7", "--temperature", "0.5"])
     assert "--temperature" in capsys.readouterr().err
+
+
+def test_the_mate_set_reads_its_nature_photos_and_names_its_package(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for n in heldout.MATE_NATURE[:-1]:
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / n)
+    with pytest.raises(SystemExit, match="mate-backgrounds") as err:
+        heldout.heldout_photos(tmp_path, 32, "mate")
+    assert heldout.MATE_NATURE[-1] in str(err.value)
+    Image.fromarray(np.zeros((30, 20, 3), np.uint8)).save(tmp_path / heldout.MATE_NATURE[-1])
+    photos = heldout.heldout_photos(tmp_path, 32, "mate")
+    assert [n for n, _ in photos] == [n.removesuffix(".jpg") for n in heldout.MATE_NATURE]
+    assert photos[0][1].shape == (32, 32, 3) and photos[-1][1].shape == (30, 20, 3)
+    assert heldout.parse_args(["--set", "mate"]).photo_set == "mate"
