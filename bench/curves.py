@@ -25,7 +25,9 @@ import math
 import sys
 from pathlib import Path
 
-from common.atomic import atomic_save_pil
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as ``python bench/curves.py``
+
+from common.atomic import atomic_save_pil  # noqa: E402
 
 __all__ = ["read_curve", "summarise", "plot_curves", "main"]
 

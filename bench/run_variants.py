@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from common.atomic import atomic_write_json, atomic_write_text
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as ``python bench/run_variants.py``
+
+from common.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 # name -> (training flags, extra evaluation flags, what it is)
 VARIANTS: dict[str, tuple[list[str], list[str], str]] = {

@@ -71,3 +71,44 @@ def test_entry_scripts_and_readme_stay_small():
     first_block = readme.split("```")[1]
     assert "python train_irn.py" in first_block and "python -m pytest" in first_block
     assert (ROOT / "docs" / "method.md").is_file()
+
+
+PROJECT_PACKAGES = {"common", "irn", "glow", "bench"}
+PROJECT_MODULES = {"train_irn", "train_irn_color", "train_glow", "evaluate", "evaluate_color"}
+
+
+def imports_before_path_fix(source: str) -> list[str]:
+    """Top-level imports of the project's own packages that come before the script puts the
+    repository root on ``sys.path`` (``python bench/x.py`` puts only ``bench/`` there)."""
+    early = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Expr) and "sys.path.insert" in ast.unparse(node):
+            return early
+        if isinstance(node, ast.If) and "sys.path.insert" in ast.unparse(node):
+            return early
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        top = {n.split(".")[0] for n in names}
+        if top & (PROJECT_PACKAGES | PROJECT_MODULES):
+            early.append(ast.unparse(node))
+    return early
+
+
+def test_the_path_check_sees_an_early_import():
+    bad = "import sys\nfrom common.atomic import x\nsys.path.insert(0, 'r')\n"
+    good = "import sys\nsys.path.insert(0, 'r')\nfrom common.atomic import x\n"
+    assert imports_before_path_fix(bad) == ["from common.atomic import x"]
+    assert imports_before_path_fix(good) == []
+
+
+def test_bench_scripts_run_from_the_repository_root():
+    """Each is documented as ``python bench/NAME.py``, which needs the root on the path first."""
+    bad = {
+        p.name: early
+        for p in sorted((ROOT / "bench").glob("*.py"))
+        if (early := imports_before_path_fix(p.read_text()))
+    }
+    assert not bad, f"project imports before the sys.path fix: {bad}"
