@@ -91,6 +91,9 @@ BYTES_PER_PIXEL = 600.0
 # LR pixels over which --z estimate averages the latent of the bicubic upscale (estimate_z).
 DEFAULT_Z_WINDOW = 7
 
+# Channels of the latent averaged at once by estimate_z (bounds its temporaries).
+_MEAN_CHANNELS = 3
+
 # Smallest HR tile accepted (the network needs some context to be meaningful).
 MIN_TILE = 32
 
@@ -182,25 +185,63 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+# LR pixels of margin that make a bicubic upscale of an LR crop equal that of the whole image
+# on the crop: each HR pixel reads the 4 x 4 LR pixels around its source point, at most 2 away.
+_BICUBIC_MARGIN = 2
+
+
+def bicubic_region(
+    lr: torch.Tensor,
+    region: tuple[int, int, int, int],
+    scale: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``B(lr)`` on the HR pixels of the LR box ``region`` (top, bottom, left, right), clipped
+    to [0, 1], computed on ``device`` (default ``lr``'s) from that box and
+    :data:`_BICUBIC_MARGIN` LR pixels around it only.
+
+    Equal to cropping the bicubic upscale of the whole ``lr`` (float32, ``align_corners=False``)
+    up to float rounding: inside the image the margin holds every LR pixel the crop reads, and
+    at its border the crop replicates the same edge pixel the whole image does.
+    """
+    r0, r1, c0, c1 = region
+    m = _BICUBIC_MARGIN
+    t, b = max(0, r0 - m), min(lr.shape[2], r1 + m)
+    left, right = max(0, c0 - m), min(lr.shape[3], c1 + m)
+    crop = lr[:, :, t:b, left:right].to(device or lr.device, torch.float32)
+    up = torch.nn.functional.interpolate(
+        crop, scale_factor=scale, mode="bicubic", align_corners=False
+    )
+    rows = slice((r0 - t) * scale, (r1 - t) * scale)
+    cols = slice((c0 - left) * scale, (c1 - left) * scale)
+    return up[:, :, rows, cols].clamp_(0.0, 1.0)
+
+
 def _forward_tiled(
     model: torch.nn.Module,
-    hr: torch.Tensor,
+    image: torch.Tensor,
     part: str,
     tile: int | None,
     overlap: int,
     amp: bool,
     progress: ProgressFn | None,
 ) -> torch.Tensor:
-    """One part of ``f(hr)`` tile by tile: ``"lr"`` (quantised, ``model.downscale``) or ``"z"``
-    (``model.encode(hr)[1]``); see :func:`downscale_tiled` and :func:`latent_tiled`."""
-    name = "downscale_tiled" if part == "lr" else "latent_tiled"
-    s = int(model.scale)
+    """One part of ``f(x)`` tile by tile: ``"lr"`` (quantised, ``model.downscale``) or ``"z"``
+    (``model.encode(x)[1]``) of the HR ``x = image``, or ``"z_bicubic"``: ``"z"`` of the bicubic
+    upscale of the LR ``image``, made tile by tile (:func:`bicubic_region`); see
+    :func:`downscale_tiled`, :func:`latent_tiled` and :func:`estimate_z`."""
+    names = {"lr": "downscale_tiled", "z": "latent_tiled", "z_bicubic": "estimate_z"}
+    name, s = names[part], int(model.scale)
     tile = _check_tile(tile, s)
     overlap = _check_overlap(overlap)
-    if hr.dim() != 4 or hr.shape[0] != 1:
-        raise ValueError(f"{name}: expected hr of shape [1, C, H, W], got {tuple(hr.shape)}")
-    _, c, height, width = hr.shape
-    if height % s or width % s:
+    kind = "lr" if part == "z_bicubic" else "hr"
+    if image.dim() != 4 or image.shape[0] != 1:
+        shape = tuple(image.shape)
+        raise ValueError(f"{name}: expected {kind} of shape [1, C, H, W], got {shape}")
+    _, c, height, width = image.shape
+    if part == "z_bicubic":
+        height, width = height * s, width * s
+    elif height % s or width % s:
         raise ValueError(
             f"{name}: HR size {height}x{width} is not a multiple of the scale {s}; "
             "modcrop or pad_to_multiple first"
@@ -208,11 +249,15 @@ def _forward_tiled(
     device = _model_device(model)
     lr_shape = (1, c, height // s, width // s)
     shape = lr_shape if part == "lr" else tuple(model.z_shape(lr_shape))
-    out = torch.empty(shape, dtype=torch.float32, device=hr.device)
+    out = torch.empty(shape, dtype=torch.float32, device=image.device)
     boxes = list(tiles(height // s, width // s, None if tile is None else tile // s, overlap))
     for done, (core, region) in enumerate(boxes, 1):
         r0, r1, c0, c1 = region
-        x = hr[:, :, r0 * s : r1 * s, c0 * s : c1 * s].to(device, torch.float32).contiguous()
+        if part == "z_bicubic":  # the crop plus its bicubic margin moves to the device
+            x = bicubic_region(image, region, s, device)
+        else:
+            x = image[:, :, r0 * s : r1 * s, c0 * s : c1 * s].to(device, torch.float32)
+        x = x.contiguous()
         with autocast_context(device, amp):
             y = model.downscale(x) if part == "lr" else model.encode(x)[1]
         y = y.float()
@@ -306,20 +351,21 @@ def estimate_z(
     small offset in ``z`` that depends on the local colour, not on the detail (on flat
     regions it is most of ``z``); ``z = 0`` throws it away and the inverse turns the loss into
     a fixed pattern, while ``z_hat`` keeps it and the window averages away the detail that
-    ``B(lr)`` makes up. The forward pass runs tile by tile like :func:`latent_tiled`, but
-    ``B(lr)`` and the latent are whole-image tensors (12 bytes per HR pixel each, float32), on
-    top of what :func:`upscale_tiled` needs; ``--memory-budget`` does not count them.
+    ``B(lr)`` makes up. The forward pass runs tile by tile like :func:`latent_tiled`, each
+    tile's ``B(lr)`` made from its own LR crop (:func:`bicubic_region`), and the average runs
+    in place a few channels at a time: beyond one tile, the only whole-image tensor is the
+    latent itself, as for a sampled ``z``.
 
     Returns:
         float32 ``model.z_shape(lr.shape)`` on ``lr``'s device.
     """
-    s = int(model.scale)
-    up = torch.nn.functional.interpolate(
-        lr.float(), scale_factor=s, mode="bicubic", align_corners=False
-    ).clamp_(0.0, 1.0)
-    z = latent_tiled(model, up, tile, overlap, amp, progress)
-    del up
-    return local_mean(z, window)
+    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 0:
+        raise ValueError(f"window must be an int >= 0 (LR pixels), got {window!r}")
+    z = _forward_tiled(model, lr, "z_bicubic", tile, overlap, amp, progress)
+    for c in range(0, z.shape[1], _MEAN_CHANNELS):
+        part = z[:, c : c + _MEAN_CHANNELS]
+        part.copy_(local_mean(part, int(window)))
+    return z
 
 
 def sample_z(

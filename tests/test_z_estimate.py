@@ -18,7 +18,7 @@ import rescale
 from common.checkpoint import make_checkpoint, save_checkpoint
 from common.images import load_image, save_image
 from irn.evaluation import evaluate_rescaling
-from irn.tiling import estimate_z, latent_tiled, local_mean
+from irn.tiling import bicubic_region, estimate_z, latent_tiled, local_mean, tiles
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import heldout  # noqa: E402
@@ -63,6 +63,42 @@ def test_estimate_is_the_local_mean_latent_of_the_bicubic_upscale():
     assert (tiled - want).abs().max() < 1e-3 * want.abs().max() + 1e-6
     z_up = latent_tiled(model, up.clamp(0, 1))
     torch.testing.assert_close(estimate_z(model, lr, window=0), local_mean(z_up, 0))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_region_is_the_crop_of_the_whole_upscale(scale):
+    lr = torch.rand(1, 3, 11, 14, generator=torch.Generator().manual_seed(scale))
+    whole = torch.nn.functional.interpolate(
+        lr, scale_factor=scale, mode="bicubic", align_corners=False
+    ).clamp(0, 1)
+    boxes = [box for _, box in tiles(11, 14, 4, 1)] + [(0, 11, 0, 14), (5, 6, 7, 8)]
+    for r0, r1, c0, c1 in boxes:  # borders, one-pixel margins, the whole image, a single pixel
+        got = bicubic_region(lr, (r0, r1, c0, c1), scale)
+        want = whole[:, :, r0 * scale : r1 * scale, c0 * scale : c1 * scale]
+        # float32 source coordinates (1/3 is inexact) round differently in the crop: ~1e-6
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_estimate_z_never_upscales_the_whole_image(monkeypatch):
+    """Tiled, the bicubic upscale is made per padded tile (the only whole-image tensor is z),
+    and the result is that of the same tiles cut from the whole upscale."""
+    model = tiny_x4()
+    lr = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(2))
+    up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    want = local_mean(latent_tiled(model, up.clamp(0, 1), tile=64, overlap=4), 5)
+    sizes, interpolate = [], torch.nn.functional.interpolate
+
+    def recording(x, *args, **kwargs):
+        out = interpolate(x, *args, **kwargs)
+        sizes.append(out.shape[2] * out.shape[3])
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", recording)
+    got = estimate_z(model, lr, window=5, tile=64, overlap=4)
+    largest_tile = (64 + 2 * 4 * 4 + 2 * 2 * 4) ** 2  # tile, context, bicubic margin (HR pixels)
+    assert len(sizes) == len(list(tiles(40, 48, 16, 4))) == 9
+    assert max(sizes) <= largest_tile < 40 * 48 * 16
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
 def test_estimate_beats_zero_on_a_flat_photo():
