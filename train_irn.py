@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from dataclasses import field
 from typing import Any
 
@@ -237,6 +238,16 @@ def validation_latent(cfg: IRNTrainConfig) -> dict[str, Any]:
     return {"temperature": cfg.gaussian_scale, "draws": cfg.val_draws, "seed": cfg.seed}
 
 
+def validation_method(config: Mapping[str, Any], legacy: bool = False) -> str:
+    """:func:`validation_latent` in words for a stored training config, kept with the best
+    score. Checkpoints that did not record it (``legacy``) validated with z sampled at
+    ``--gaussian-scale`` in every run: z = 0 for a ``--gaussian-scale 0`` run."""
+    scale = float(config.get("gaussian_scale", TrainConfig.gaussian_scale))
+    if scale == 0:
+        return "z = 0" if legacy else f"z estimated from LR' (window {DEFAULT_Z_WINDOW})"
+    return f"z sampled at temperature {scale:g}"
+
+
 def validate(model, pairs, cfg: IRNTrainConfig, device, amp) -> dict[str, float]:
     """Mean HR' and LR' metrics over the validation images (the evaluation protocol of
     ``evaluate.py``; z as :func:`validation_latent` says)."""
@@ -327,6 +338,7 @@ def irn_task(model_cfg: IRNConfig) -> Task:
         val_line=val_line,
         summary=summary,
         baseline=bicubic_metrics,
+        val_method=validation_method,
     )
 
 

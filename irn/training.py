@@ -24,7 +24,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -383,7 +383,10 @@ class Task:
     mean validation metrics; ``preview(model, pair, cfg, device, amp)`` named images for
     TensorBoard; ``val_line(metrics, baseline)`` the validation line; ``summary(run)`` the
     closing lines; ``validation_pairs(images, scale)`` the validation data;
-    ``baseline(pairs, scale)`` the baseline's metrics on them (``None``: no baseline).
+    ``baseline(pairs, scale)`` the baseline's metrics on them (``None``: no baseline);
+    ``val_method(config, legacy)`` how validation measures the score, in words, for a stored
+    config mapping (``legacy``: as a checkpoint that did not record it was measured), kept
+    with the best score so that a resume measured differently restarts it (``None``: one way).
     """
 
     name: str
@@ -401,6 +404,7 @@ class Task:
     val_line: Callable[[dict, dict], str]
     summary: Callable[[Any], list[str]]
     baseline: Callable[[list[dict], int], dict[str, float]] | None = None
+    val_method: Callable[[Mapping[str, Any], bool], str] | None = None
 
 
 @dataclass
@@ -727,6 +731,8 @@ def save_run(run: IRNRun, path: Path, kind: str) -> None:
     }
     if run.forward_stats:
         extra["forward_stats"] = run.forward_stats
+    if run.task.val_method is not None:
+        extra["best_method"] = run.task.val_method(config_to_dict(run.cfg), False)
     save_state(path, run, run.config_dict(), extra, good=kind != "best")
 
 
@@ -876,12 +882,35 @@ def restore_run(run: IRNRun, path: Path, ckpt: dict) -> None:
     for line in lines:
         say(run, line)
     run.best = float(extra.get(f"best_{run.task.best_key}", -math.inf))
+    restart_best_if_measured_otherwise(run, extra, ckpt["config"], path)
     run.scaler_skipped = int(extra.get("scaler_skipped", 0))
     if "z_gen" in extra:
         state = extra["z_gen"]
         run.z_gen.set_state(state.cpu() if run.device.type == "cpu" else state)
     if "jpeg_gen" in extra:
         run.jpeg_gen.bit_generator.state = unpack_np_state(extra["jpeg_gen"])
+
+
+def restart_best_if_measured_otherwise(
+    run: IRNRun, extra: Mapping[str, Any], stored: Mapping[str, Any], path: Path
+) -> None:
+    """Forget the resumed best score if validation now measures it another way (e.g.
+    ``--gaussian-scale`` changed on resume, or a checkpoint from before the method was
+    recorded): scores measured two ways are not compared, and ``best.pt`` is replaced at the
+    next validation."""
+    method = run.task.val_method
+    if method is None or run.best == -math.inf:
+        return
+    then = extra.get("best_method") or method(stored, True)
+    now = method(config_to_dict(run.cfg), False)
+    if then != now:
+        say(
+            run,
+            f"--resume {path}: its best {run.task.best_key} ({run.best:.2f}) was measured with "
+            f"{then}, this run validates with {now}; the best score restarts and best.pt is "
+            "replaced at the next validation.",
+        )
+        run.best = -math.inf
 
 
 def restore_or_init(run: IRNRun) -> None:

@@ -13,6 +13,7 @@ from tests_support import tiny_images
 
 import train_irn
 import train_irn_color
+from common.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from irn import training as irn_training
 
 TINY = ["--blocks-per-level", "1", "--gc", "4", "--batch-size", "2", "--patch-size", "16"]
@@ -371,3 +372,34 @@ def test_a_new_run_does_not_replace_another_runs_checkpoints(tmp_path, data):
     fresh = run(tmp_path, data, "--iters", "1", "--val-every", "100", "--overwrite")
     assert fresh["step"] == 1
     assert torch.load(last, weights_only=True)["step"] == 1
+
+
+def test_a_resume_validated_another_way_restarts_the_best_score(tmp_path, data, capsys):
+    """best.pt compares scores measured one way: a checkpoint from before the method was
+    recorded (a --gaussian-scale 0 run then validated with z = 0, now with the z estimate),
+    or a resume with another --gaussian-scale, restarts the best score; the same way keeps it."""
+    common = ["--save-every", "2", "--val-every", "2", "--gaussian-scale", "0"]
+    run(tmp_path, data, "--iters", "2", *common)
+    out_dir = tmp_path / "run"
+    best = load_checkpoint(out_dir / "best.pt")
+    assert best["extra"]["best_method"] == "z estimated from LR' (window 7)"
+    older = load_checkpoint(checkpoint_path(out_dir, 2))  # as before the method was recorded
+    del older["extra"]["best_method"]
+    older["extra"]["best_psnr_y"] = 99.0  # z = 0 scored it; the estimate scores lower
+    save_checkpoint(checkpoint_path(out_dir, 2), older)
+    capsys.readouterr()
+    run(tmp_path, data, "--iters", "4", *common, "--resume", str(checkpoint_path(out_dir, 2)))
+    out = capsys.readouterr().out
+    assert (
+        "best psnr_y (99.00) was measured with z = 0, this run validates with z estimated" in out
+    )
+    assert load_checkpoint(out_dir / "best.pt")["step"] == 4  # replaced, though below 99 dB
+    run(tmp_path, data, "--iters", "6", *common, "--resume", "auto")
+    assert "the best score restarts" not in capsys.readouterr().out  # measured the same way
+    run(tmp_path, data, "--iters", "8", *common[:4], "--gaussian-scale", "0.5", "--resume", "auto")
+    out = capsys.readouterr().out
+    assert (
+        "estimated from LR' (window 7), this run validates with z sampled at temperature 0.5"
+        in out
+    )
+    assert load_checkpoint(out_dir / "best.pt")["extra"]["best_method"].endswith("0.5")
