@@ -38,6 +38,7 @@ itself is ``irn/training.py``; this script holds IRN's objective and validation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Mapping
 from dataclasses import field
@@ -239,13 +240,16 @@ def validation_latent(cfg: IRNTrainConfig) -> dict[str, Any]:
 
 
 def validation_method(config: Mapping[str, Any], legacy: bool = False) -> str:
-    """:func:`validation_latent` in words for a stored training config, kept with the best
-    score. Checkpoints that did not record it (``legacy``) validated with z sampled at
+    """What :func:`validation_latent` does for a stored training config, in words, kept with
+    the best score. Checkpoints that did not record it (``legacy``) validated with z sampled at
     ``--gaussian-scale`` in every run: z = 0 for a ``--gaussian-scale 0`` run."""
-    scale = float(config.get("gaussian_scale", TrainConfig.gaussian_scale))
-    if scale == 0:
-        return "z = 0" if legacy else f"z estimated from LR' (window {DEFAULT_Z_WINDOW})"
-    return f"z sampled at temperature {scale:g}"
+    scale = float(config.get("gaussian_scale", IRNTrainConfig.gaussian_scale))
+    if legacy:
+        return "z = 0" if scale == 0 else f"z sampled at temperature {scale:g}"
+    latent = validation_latent(dataclasses.replace(IRNTrainConfig(), gaussian_scale=scale))
+    if "z_estimate" in latent:
+        return f"z estimated from LR' (window {latent['z_estimate']})"
+    return f"z sampled at temperature {latent['temperature']:g}"
 
 
 def validate(model, pairs, cfg: IRNTrainConfig, device, amp) -> dict[str, float]:

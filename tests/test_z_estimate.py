@@ -241,3 +241,8 @@ def test_training_validates_a_zero_trained_run_with_the_estimate():
     np.testing.assert_array_equal(preview["4_hr_irn"] * 255.0, estimated["hr_rec"])
     sampled_cfg = train_irn.IRNTrainConfig()
     assert train_irn.validation_latent(sampled_cfg)["temperature"] == 1.0
+    # the words kept with best.pt: a sampled run's old checkpoints were measured the same way
+    method = train_irn.validation_method
+    assert method({"gaussian_scale": 0.5}, True) == method({"gaussian_scale": 0.5}) != method({})
+    assert method({"gaussian_scale": 0.0}) == "z estimated from LR' (window 7)"
+    assert method({"gaussian_scale": 0.0}, True) == "z = 0"
